@@ -1,0 +1,42 @@
+"""Errors rflens raises: each one says what went wrong and where, never a silent wrong answer."""
+
+from __future__ import annotations
+
+
+class RflensError(Exception):
+    """Base class of every error rflens raises on purpose."""
+
+
+class ModelSourceError(RflensError):
+    """A model specification (``timm:NAME``, ``file.py:factory``...) could not be resolved."""
+
+
+class WeightsError(RflensError):
+    """A weights file is missing, corrupt, untrusted or does not fit the model."""
+
+
+class CaptureError(RflensError):
+    """The model could not be traced at the requested input size."""
+
+
+class UnsupportedOpError(CaptureError):
+    """An op touches a spatial dimension in a way rflens does not understand."""
+
+    def __init__(self, op: str, module: str, detail: str = "") -> None:
+        self.op = op
+        self.module = module
+        where = f"module '{module}'" if module else "the model's top-level forward"
+        msg = f"unsupported op {op} in {where}"
+        super().__init__(f"{msg}: {detail}" if detail else msg)
+
+
+class InputTooSmallError(CaptureError):
+    """The input is so small that some layer's output would be empty."""
+
+
+class MetaDeviceError(CaptureError):
+    """The model cannot run on the meta device (data-dependent Python, ``.item()``, ``nonzero``...)."""
+
+
+class GeometryError(RflensError):
+    """The receptive field is not well defined (e.g. paths with different strides meet)."""
