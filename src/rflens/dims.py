@@ -1,0 +1,98 @@
+"""Which dims of a traced tensor hold which spatial axes, followed through views and permutes.
+
+Each dim of a tensor is a tuple of *atoms* (outermost first) whose sizes multiply to the dim's size:
+``("s", axis, size, inner)`` is a factor of spatial axis ``axis`` (``inner`` is its stride in units of that
+axis, 1 for the innermost factor; a whole axis is one atom with inner 1) and ``("n", -1, size, 1)`` is
+anything else (batch, channels, heads...). Flattened tokens of a ViT are one dim holding two spatial atoms;
+Swin's window partition splits an axis into (windows, within-window) atoms. Size-1 non-spatial atoms are
+dropped. Pure Python: no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+Atom = tuple[str, int, int, int]
+Dims = tuple[tuple[Atom, ...], ...]
+
+
+class RegroupError(ValueError):
+    """A view mixes spatial atoms in a way that is not a split or merge of whole factors."""
+
+
+def other(size: int) -> tuple[Atom, ...]:
+    """The atoms of a non-spatial dim of this size."""
+    return (("n", -1, size, 1),) if size != 1 else ()
+
+
+def spatial(axis: int, size: int) -> tuple[Atom, ...]:
+    return (("s", axis, size, 1),)
+
+
+def spatial_atoms(atoms: Sequence[Atom]) -> list[Atom]:
+    return [a for a in atoms if a[0] == "s"]
+
+
+def axes_of(atoms: Sequence[Atom]) -> set[int]:
+    return {a[1] for a in atoms if a[0] == "s"}
+
+
+def whole_axis(atoms: Sequence[Atom], axis_sizes: Sequence[int]) -> int | None:
+    """The axis if this dim is exactly one whole spatial axis, else None."""
+    if len(atoms) == 1 and atoms[0][0] == "s" and atoms[0][3] == 1 and atoms[0][2] == axis_sizes[atoms[0][1]]:
+        return atoms[0][1]
+    return None
+
+
+def merge_adjacent(atoms: Sequence[Atom]) -> tuple[Atom, ...]:
+    """Join neighbouring factors of one axis (outer then inner) and neighbouring non-spatial atoms."""
+    out: list[Atom] = []
+    for atom in atoms:
+        if out:
+            kind, axis, size, inner = out[-1]
+            if kind == "n" and atom[0] == "n":
+                out[-1] = ("n", -1, size * atom[2], 1)
+                continue
+            if kind == "s" and atom[0] == "s" and axis == atom[1] and inner == atom[2] * atom[3]:
+                out[-1] = ("s", axis, size * atom[2], atom[3])
+                continue
+        out.append(atom)
+    return tuple(out)
+
+
+def regroup(dims: Dims, new_shape: Sequence[int]) -> Dims:
+    """Atoms of each dim after ``view``/``reshape`` to ``new_shape`` (same number of elements)."""
+    queue = [a for d in dims for a in d]
+    result: list[tuple[Atom, ...]] = []
+    for j, m in enumerate(new_shape):
+        got: list[Atom] = []
+        prod = 1
+        while prod < m:
+            if not queue:
+                raise RegroupError("sizes do not match")
+            atom = queue.pop(0)
+            need = m // prod
+            if m % prod == 0 and need % atom[2] == 0:
+                got.append(atom)
+                prod *= atom[2]
+            elif m % prod == 0 and atom[2] % need == 0:  # split: outer factor here, the rest later
+                kind, axis, size, inner = atom
+                got.append((kind, axis, need, inner * (size // need) if kind == "s" else 1))
+                queue.insert(0, (kind, axis, size // need, inner))
+                prod *= need
+            elif atom[0] == "n" and queue and queue[0][0] == "n":  # regroup plain channels freely
+                queue.insert(0, ("n", -1, atom[2] * queue.pop(0)[2], 1))
+            else:
+                raise RegroupError(f"a view regroups spatial factor {atom} across dims of size {tuple(new_shape)}")
+        last = j == len(new_shape) - 1
+        if m == 1 and queue and queue[0][2] == 1:  # a size-1 slot takes the next size-1 atom
+            got.append(queue.pop(0))
+        # size-1 spatial atoms (an axis of size 1) stay with this dim unless the next dim is a size-1 slot
+        while queue and queue[0][2] == 1 and (last or new_shape[j + 1] != 1):
+            got.append(queue.pop(0))
+        if prod != m:
+            raise RegroupError("sizes do not match")
+        result.append(merge_adjacent(got))
+    if queue:
+        raise RegroupError("sizes do not match")
+    return tuple(result)

@@ -1,0 +1,284 @@
+"""Per-axis arithmetic of spatial ops, exact and free of torch.
+
+Two views of one op along one spatial axis:
+
+* **Index maps** on the infinite line (the Distill convention, Araujo et al. 2019): output unit ``u`` reads
+  input units ``lo(u) .. hi(u)``. Padding positions are positions like any other, so the numbers do not
+  depend on the image size. Every op rflens understands has index maps of the form
+  ``f(u) = base[u mod q] + step * (u div q)`` (:class:`QuasiAffine`): affine for convolutions and pooling
+  (q = 1), periodic for upsampling, where the stride becomes the fraction ``step / q``.
+* **Taps** at a concrete size: for each output unit, the exact input indices it reads (``-1`` where it
+  reads padding), the ground truth for the support of one unit at the borders.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+Taps = list[np.ndarray]  # one int64 array of length n_out per tap; -1 marks a tap that reads nothing
+
+
+@dataclass(frozen=True)
+class QuasiAffine:
+    """An integer map ``f(u) = base[u mod period] + step * (u div period)``, exact for every integer u."""
+
+    period: int
+    step: int
+    base: tuple[int, ...]
+
+    @staticmethod
+    def affine(slope: int, offset: int) -> QuasiAffine:
+        return QuasiAffine(1, slope, (offset,))
+
+    @staticmethod
+    def floor_div(a: int, b: int, c: int) -> QuasiAffine:
+        """``floor((a*u + b) / c)`` for c > 0."""
+        g = math.gcd(a, c) or c
+        period, step = c // g, a // g
+        return QuasiAffine(period, step, tuple((a * u + b) // c for u in range(period)))
+
+    @staticmethod
+    def ceil_div(a: int, b: int, c: int) -> QuasiAffine:
+        """``ceil((a*u + b) / c)`` for c > 0."""
+        return QuasiAffine.floor_div(a, b + c - 1, c)
+
+    @staticmethod
+    def sample(fn: Callable[[int], int], period: int, step: int) -> QuasiAffine:
+        """Tabulate ``fn``, which must satisfy ``fn(u + period) == fn(u) + step``."""
+        return QuasiAffine(period, step, tuple(fn(u) for u in range(period)))
+
+    def __call__(self, u: int) -> int:
+        q, r = divmod(u, self.period)
+        return self.base[r] + self.step * q
+
+    @property
+    def slope(self) -> Fraction:
+        return Fraction(self.step, self.period)
+
+    def shifted(self, delta: int) -> QuasiAffine:
+        return QuasiAffine(self.period, self.step, tuple(b + delta for b in self.base))
+
+    def compose(self, inner: QuasiAffine) -> QuasiAffine:
+        """``u -> self(inner(u))``: the index map of two ops in sequence."""
+        # inner advances by inner.step every inner.period units; self repeats every self.period units.
+        k = self.period // math.gcd(inner.step, self.period) if inner.step else 1
+        period = inner.period * k
+        step = self.step * (inner.step * k // self.period)
+        return QuasiAffine(period, step, tuple(self(inner(u)) for u in range(period)))
+
+    def on_period(self, period: int) -> tuple[int, ...]:
+        """Values on ``0 .. period - 1`` (period a multiple of self.period)."""
+        return tuple(self(u) for u in range(period))
+
+
+def pointwise(fns: Sequence[QuasiAffine], pick: Callable[..., int]) -> QuasiAffine:
+    """Pointwise min or max of maps with the same slope (the union of several paths)."""
+    slope = fns[0].slope
+    if any(f.slope != slope for f in fns):
+        raise ValueError("maps with different slopes")
+    if len(fns) == 1:
+        return fns[0]
+    period = math.lcm(*(f.period for f in fns))
+    step = int(slope * period)
+    return QuasiAffine(period, step, tuple(pick(f(u) for f in fns) for u in range(period)))
+
+
+IDENTITY = QuasiAffine.affine(1, 0)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A sliding window along one axis: convolution, pooling, padding, slicing.
+
+    Output unit u reads input units ``u*stride - pad_left + t*dilation`` for t in 0..kernel-1. Padding and
+    slicing are windows of kernel 1 (slicing ``a::b`` is stride b and pad_left -a). ``pad_right`` only decides
+    the output size; ``ceil_mode`` is PyTorch's pooling rule.
+    """
+
+    kernel: int = 1
+    stride: int = 1
+    pad_left: int = 0
+    pad_right: int = 0
+    dilation: int = 1
+    ceil_mode: bool = False
+
+    @property
+    def extent(self) -> int:
+        """Span of one window in input units: d*(k-1) + 1."""
+        return self.dilation * (self.kernel - 1) + 1
+
+    def output_size(self, n: int) -> int:
+        span = n + self.pad_left + self.pad_right - self.extent
+        if span < 0:
+            return 0
+        if not self.ceil_mode:
+            return span // self.stride + 1
+        out = -(-span // self.stride) + 1
+        # PyTorch: the last window must start inside the input or the left padding.
+        if (out - 1) * self.stride >= n + self.pad_left:
+            out -= 1
+        return out
+
+    def leftover(self, n: int) -> int:
+        """Trailing positions of the padded input that no window reaches (Mind the Pad)."""
+        return (n + self.pad_left + self.pad_right - self.extent) % self.stride
+
+    def maps(self) -> tuple[QuasiAffine, QuasiAffine]:
+        lo = QuasiAffine.affine(self.stride, -self.pad_left)
+        return lo, lo.shifted(self.extent - 1)
+
+    def taps(self, n_in: int, n_out: int) -> Taps:
+        u = np.arange(n_out, dtype=np.int64)
+        return [_valid(u * self.stride - self.pad_left + t * self.dilation, n_in) for t in range(self.kernel)]
+
+    def coverage(self) -> tuple[int, int]:
+        """How often an interior input index is read: floor(k/s) or ceil(k/s) (uniform iff k mod s == 0)."""
+        return self.kernel // self.stride, -(-self.kernel // self.stride)
+
+
+@dataclass(frozen=True)
+class Transposed:
+    """Transposed convolution along one axis: input unit i writes outputs ``i*stride - pad + t*dilation``."""
+
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    dilation: int = 1
+    output_padding: int = 0
+
+    def output_size(self, n: int) -> int:
+        k_ext = self.dilation * (self.kernel - 1) + 1
+        return (n - 1) * self.stride - 2 * self.padding + k_ext + self.output_padding
+
+    def maps(self) -> tuple[QuasiAffine, QuasiAffine]:
+        k_ext = self.dilation * (self.kernel - 1)
+        # inputs i with i*s - p <= u <= i*s - p + k_ext (their tap positions are a subset of that span)
+        lo = QuasiAffine.ceil_div(1, self.padding - k_ext, self.stride)
+        hi = QuasiAffine.floor_div(1, self.padding, self.stride)
+        return lo, hi
+
+    def taps(self, n_in: int, n_out: int) -> Taps:
+        u = np.arange(n_out, dtype=np.int64)
+        taps = []
+        for t in range(self.kernel):
+            num = u + self.padding - t * self.dilation
+            i = np.where(num % self.stride == 0, num // self.stride, -1)
+            taps.append(_valid(i, n_in))
+        return taps
+
+
+def _valid(idx: np.ndarray, n: int) -> np.ndarray:
+    return np.where((idx >= 0) & (idx < n), idx, -1)
+
+
+PAD_MODES = ("constant", "reflect", "replicate", "circular")
+
+
+@dataclass(frozen=True)
+class Pad:
+    """Explicit padding (negative amounts crop). On the infinite line every mode is a shift by ``left``;
+    the concrete taps follow the mode (reflect and replicate read border pixels, circular wraps)."""
+
+    left: int
+    right: int
+    mode: str = "constant"
+
+    def output_size(self, n: int) -> int:
+        return n + self.left + self.right
+
+    def maps(self) -> tuple[QuasiAffine, QuasiAffine]:
+        m = QuasiAffine.affine(1, -self.left)
+        return m, m
+
+    def taps(self, n_in: int, n_out: int) -> Taps:
+        i = np.arange(n_out, dtype=np.int64) - self.left
+        if self.mode == "constant":
+            src = i
+        elif self.mode == "reflect":
+            period = 2 * (n_in - 1) if n_in > 1 else 1
+            r = np.mod(i, period)
+            src = np.where(r < n_in, r, period - r)
+        elif self.mode == "replicate":
+            src = np.clip(i, 0, n_in - 1)
+        elif self.mode == "circular":
+            src = np.mod(i, n_in)
+        else:
+            raise ValueError(f"unknown padding mode {self.mode!r}")
+        return [_valid(src, n_in)]
+
+
+@dataclass(frozen=True)
+class Resample:
+    """Size-changing op whose reads are given by index maps and concrete taps measured elsewhere
+    (upsampling, adaptive pooling, pixel shuffle, roll, broadcasting from one unit)."""
+
+    lo: QuasiAffine
+    hi: QuasiAffine
+    concrete: Callable[[int, int], Taps]
+
+    def maps(self) -> tuple[QuasiAffine, QuasiAffine]:
+        return self.lo, self.hi
+
+    def taps(self, n_in: int, n_out: int) -> Taps:
+        return self.concrete(n_in, n_out)
+
+
+def upsample_maps(mode: str, scale: Fraction, align_corners: bool, n_in: int, n_out: int):
+    """Index maps of PyTorch interpolation on the infinite line. ``scale`` is the source step per output unit
+    (input/output), exact. Taps with weight zero are not reads (a linear sample that lands on a pixel reads
+    one pixel only), matching the gradient."""
+    if mode in ("nearest", "nearest-exact"):
+        a, c = scale.numerator, scale.denominator
+        b = 0 if mode == "nearest" else a  # nearest-exact samples at (u + 1/2) * scale
+        if mode == "nearest-exact":
+            a, c = 2 * a, 2 * c
+        f = QuasiAffine.floor_div(a, b, c)
+        return f, f
+    if align_corners:
+        src = Fraction(n_in - 1, n_out - 1) if n_out > 1 else Fraction(0)
+        a, b, c = src.numerator, 0, src.denominator
+    else:  # src = (u + 1/2) * scale - 1/2
+        a, b, c = 2 * scale.numerator, scale.numerator - scale.denominator, 2 * scale.denominator
+    lo, hi = QuasiAffine.floor_div(a, b, c), QuasiAffine.ceil_div(a, b, c)
+    if mode in ("linear", "bilinear", "trilinear"):
+        return lo, hi
+    if mode == "bicubic":  # taps floor-1 .. floor+2; an exact hit reads only that pixel
+        period = lo.period
+
+        def first(u: int) -> int:
+            return lo(u) if lo(u) == hi(u) else lo(u) - 1
+
+        def last(u: int) -> int:
+            return lo(u) if lo(u) == hi(u) else lo(u) + 2
+
+        return QuasiAffine.sample(first, period, lo.step), QuasiAffine.sample(last, period, lo.step)
+    raise ValueError(f"unknown interpolation mode {mode!r}")
+
+
+def adaptive_maps(n_in: int, n_out: int) -> tuple[QuasiAffine, QuasiAffine]:
+    """Adaptive pooling window i: [floor(i*n_in/n_out), ceil((i+1)*n_in/n_out) - 1]."""
+    return QuasiAffine.floor_div(n_in, 0, n_out), QuasiAffine.ceil_div(n_in, n_in, n_out).shifted(-1)
+
+
+def adaptive_taps(n_in: int, n_out: int) -> Taps:
+    i = np.arange(n_out, dtype=np.int64)
+    start = (i * n_in) // n_out
+    end = -((-(i + 1) * n_in) // n_out)
+    width = int((end - start).max()) if n_out else 0
+    return [np.where(start + t < end, start + t, -1) for t in range(width)]
+
+
+def block_mix(m: int) -> Resample:
+    """Every unit reads its whole aligned block of m units (attention inside non-overlapping windows)."""
+    lo = QuasiAffine(m, m, (0,) * m)
+
+    def taps(n_in: int, n_out: int) -> Taps:
+        u = np.arange(n_out, dtype=np.int64)
+        return [_valid((u // m) * m + t, n_in) for t in range(m)]
+
+    return Resample(lo, lo.shifted(m - 1), taps)

@@ -1,0 +1,58 @@
+"""The captured graph: nodes with per-axis geometry, data-flow edges and module names.
+
+A node is one op that changes spatial dependence (a convolution, a pooling, an add of two paths...). Ops that
+keep every unit where it was (activations, views, channel-wise layers with one input) create no node. Each
+node says, for every input and every spatial axis of the network input, how an output unit reads that input:
+a geometry object from :mod:`rflens.geometry` (``Window``, ``Transposed``, ``Pad``, ``Resample``) or
+``None`` when the op mixes the whole axis (a global op: spatial mean, attention, GroupNorm statistics...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+from rflens.geometry import Pad, Resample, Transposed, Window
+
+AxisRead = Union[Window, Transposed, Pad, Resample, None]
+IDENTITY_READ = Window()
+
+
+@dataclass(frozen=True)
+class Node:
+    id: int
+    op: str  # aten op (e.g. "convolution") or "input"
+    module: str  # innermost module running it, a named_modules() name ("" = top level)
+    inputs: tuple[int, ...]
+    reads: tuple[tuple[AxisRead, ...], ...]  # reads[k][axis]: how an output unit reads inputs[k]
+    sizes: tuple[int, ...]  # output size per axis (1 along an axis the op reduced away)
+    shape: tuple[int, ...]  # output tensor shape
+
+
+@dataclass
+class Graph:
+    input_shape: tuple[int, ...]  # (batch, channels, *spatial)
+    nodes: list[Node] = field(default_factory=list)
+    module_outputs: dict[str, int] = field(default_factory=dict)  # module name -> node of its output
+    module_types: dict[str, str] = field(default_factory=dict)  # module name -> class name
+
+    @property
+    def ndim(self) -> int:
+        return len(self.input_shape) - 2
+
+    @property
+    def input_size(self) -> tuple[int, ...]:
+        return self.input_shape[2:]
+
+    def add(self, op: str, module: str, inputs: tuple[int, ...], reads: tuple[tuple[AxisRead, ...], ...],
+            sizes: tuple[int, ...], shape: tuple[int, ...]) -> Node:
+        node = Node(len(self.nodes), op, module, inputs, reads, sizes, shape)
+        self.nodes.append(node)
+        return node
+
+    def module_node(self, name: str) -> Node:
+        try:
+            return self.nodes[self.module_outputs[name]]
+        except KeyError:
+            known = ", ".join(list(self.module_outputs)[:8])
+            raise KeyError(f"no module named {name!r} with a spatial output (e.g. {known})") from None
