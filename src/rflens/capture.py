@@ -109,11 +109,14 @@ class _Recorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         try:
-            out = func(*args, **kwargs)
+            fast = _META_SHORTCUTS.get(func) if _on_meta(args[0]) else None
+            out = fast(*args) if fast is not None else None
+            if out is None:
+                out = func(*args, **kwargs)
         except RflensError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is re-raised with the module path
-            raise _explain(exc, func, self.module) from exc
+            raise _explain(exc, func, args, self.module) from exc
         if self.paused:
             return out
         leaves = pytree.tree_leaves((args, kwargs))
@@ -133,6 +136,36 @@ class _Recorder(TorchDispatchMode):
                 f"input too small: aten.{_op_name(func)} in module '{self.module}' gives an empty output "
                 f"{tuple(first.shape)} at input size {self.graph.input_size}")
         return out
+
+
+def _on_meta(t: Any) -> bool:
+    return isinstance(t, torch.Tensor) and t.device.type == "meta"
+
+
+def _bn_eval_meta(x, *rest):
+    if len(rest) == 7 and rest[4]:  # native_batch_norm in training mode: the real meta kernel runs
+        return None
+    return torch.empty_like(x), x.new_empty((x.shape[1],)), x.new_empty((x.shape[1],))
+
+
+def _unary_meta(x, *rest):
+    return torch.empty_like(x)
+
+
+def _inplace_meta(x, *rest):
+    return x
+
+
+# Meta outputs of shape-preserving ops built directly: PyTorch computes them with Python decompositions that
+# cost more than the rest of the trace (eval-mode batch norm above all). Shapes, strides and dtypes match.
+_META_SHORTCUTS: dict[Any, Callable] = {
+    aten._native_batch_norm_legit_no_training.default: _bn_eval_meta,
+    aten.native_batch_norm.default: _bn_eval_meta,
+    **{getattr(aten, n).default: _unary_meta for n in ("relu", "silu", "hardswish", "hardsigmoid", "sigmoid",
+                                                         "gelu", "mish", "tanh")},
+    **{getattr(aten, n).default: _inplace_meta for n in ("relu_", "silu_", "hardswish_", "hardsigmoid_",
+                                                           "sigmoid_", "mish_")},
+}
 
 
 class _CircularPad(TorchFunctionMode):
@@ -164,11 +197,20 @@ def _op_name(func: Any) -> str:
     return func if isinstance(func, str) else str(func.overloadpacket).split(".")[-1]
 
 
-def _explain(exc: Exception, func: Any, module: str) -> RflensError:
+_TOO_SMALL = ("too small", "non-positive", "greater than actual input", "should be less than", "must be less than")
+
+
+def _explain(exc: Exception, func: Any, args: tuple, module: str) -> RflensError:
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     where = f"aten.{_op_name(func)} in module '{module}'"
     low = msg.lower()
-    if "too small" in low or "non-positive" in low or "output size" in low and "<" in low:
+    if func.overloadpacket is aten.convolution and len(args) > 8:
+        x, w, transposed, groups = args[0], args[1], args[6], args[8]
+        expected = w.shape[0] if transposed else w.shape[1] * groups
+        if x.dim() > 1 and x.shape[1] != expected:
+            return CaptureError(f"wrong channel count: {where} expects {expected} input channels, got "
+                                f"{x.shape[1]} (tensor shape {tuple(x.shape)})")
+    if any(pattern in low for pattern in _TOO_SMALL):
         return InputTooSmallError(f"input too small: {where}: {msg}")
     if isinstance(exc, NotImplementedError) or "meta" in low or "data-dependent" in low:
         return MetaDeviceError(
@@ -699,10 +741,10 @@ def _pointwise(rec, func, args, kwargs, out):
             if dims[off + j] is None and D.axes_of(atoms) and out.shape[off + j] != 1:
                 dims[off + j] = D.spatial(D.axes_of(atoms).pop(), out.shape[off + j])
     dims = [d if d is not None else D.other(out.shape[j]) for j, d in enumerate(dims)]
-    held = [a for d in dims for a in D.axes_of(d)]
-    if len(held) != len(set(held)):
+    factors = [(a[1], a[3]) for d in dims for a in D.spatial_atoms(d)]
+    if len(factors) != len(set(factors)):
         raise rec.unsupported(func, "it lines up one spatial axis with another dim (e.g. x + x.transpose)")
-    present = set(held)
+    present = {axis for axis, _ in factors}
     hidden = frozenset(set().union(*(st.hidden for _, st in stateful)) - present)
     out_sizes = {a: int(np.prod([x[2] for d in dims for x in d if x[0] == "s" and x[1] == a])) for a in present}
     reads = []

@@ -1,0 +1,3 @@
+from rflens.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Presenters: turn result objects into tables, JSON and figures. They never compute."""

@@ -1,0 +1,264 @@
+"""Capture: op coverage, dim tracking, the global flag, clear errors, no FLOPs and no change to the model."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import rflens
+from rflens.capture import capture
+
+
+class Lambda(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def rf_of(model, size, layer=None, **kw):
+    result = rflens.receptive_field(model, size, **kw)
+    return result.layer(layer) if layer is not None else max(result.layers, key=lambda x: x.node)
+
+
+# -- window ops -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_conv_any_dim_with_groups_and_dilation(ndim):
+    conv = [nn.Conv1d, nn.Conv2d, nn.Conv3d][ndim - 1]
+    model = nn.Sequential(conv(4, 8, 3, stride=2, padding=1, groups=2), conv(8, 8, 3, dilation=2, padding=2, groups=8))
+    layer = rf_of(model, 32 if ndim < 3 else 16)
+    # 3x3 s2 p1 -> rf 3, stride 2, padding 1; then 3x3 dilation 2: rf 3 + 2*2*2 = 11, padding 1 + 2*2 = 5
+    assert layer.rf == (11,) * ndim and layer.stride == (2,) * ndim and layer.padding == (5,) * ndim
+
+
+def test_transposed_conv():
+    model = nn.Sequential(nn.Conv2d(1, 1, 3, stride=2, padding=1), nn.ConvTranspose2d(1, 1, 4, stride=2, padding=1))
+    layer = rf_of(model, 32)
+    assert layer.stride == (1, 1)
+    assert layer.output_size == (32, 32)
+    # transposed k4 s2 p1: unit u reads inputs ceil((u-2)/2)..floor((u+1)/2), i.e. 2 units of stride 2
+    assert layer.rf == (5, 5)
+
+
+def test_pooling_ceil_mode_sizes_match_torch():
+    for ceil_mode in (False, True):
+        model = nn.Sequential(nn.MaxPool2d(3, 2, 1, ceil_mode=ceil_mode), nn.AvgPool2d(2, 2, ceil_mode=ceil_mode))
+        x = torch.zeros(1, 1, 15, 15)
+        result = rflens.receptive_field(model, (15, 15), in_channels=1)
+        assert result.layer("0").output_size == tuple(model[0](x).shape[2:])
+        assert result.layer("1").output_size == tuple(model(x).shape[2:])
+
+
+def test_adaptive_pooling_local_and_global():
+    result = rflens.receptive_field(nn.Sequential(nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(3)), 7)
+    assert result.layer("1").rf == (3, 3) and not result.layer("1").is_global
+    se = rflens.receptive_field(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveMaxPool2d((1, 5))), 12)
+    assert se.layer("1").is_global and se.layer("1").rf[0] is None and se.layer("1").rf[1] is not None
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "replicate", "circular"])
+def test_padding_modes(mode):
+    model = nn.Sequential(Lambda(lambda x: F.pad(x, (2, 1, 0, 3), mode=mode)), nn.Conv2d(1, 1, 3))
+    result = rflens.receptive_field(model, 9)
+    layer = result.layer("1")
+    assert layer.rf == (3, 3) and layer.padding == (0, 2) and layer.output_size == (10, 10)
+    corner = result.support("1", (0, 0))
+    if mode == "circular":  # wraps: the last columns feed the first unit
+        assert corner[0, 8] and corner[0, 0]
+    elif mode == "constant":  # rows 0..2 (no top padding), column 0 (two columns of zeros on the left)
+        assert np.argwhere(corner).tolist() == [[0, 0], [1, 0], [2, 0]]
+    else:
+        assert not corner[:, 8].any()
+
+
+def test_timm_tf_same_padding_is_asymmetric():
+    timm = pytest.importorskip("timm")
+    from timm.layers import create_conv2d
+
+    conv = create_conv2d(1, 1, 3, stride=2, padding="same")  # TF "same": dynamic F.pad (0, 1) at 224
+    layer = rf_of(conv, 224, "")
+    assert layer.padding == (0, 0) and layer.rf == (3, 3)
+    assert timm is not None
+
+
+def test_upsampling_makes_the_stride_a_fraction():
+    model = nn.Sequential(nn.Conv2d(1, 1, 3, stride=2, padding=1), nn.Upsample(scale_factor=4, mode="nearest"))
+    layer = rf_of(model, 16)
+    assert layer.stride == (Fraction(1, 2),) * 2 and layer.rf == (3, 3) and layer.output_size == (32, 32)
+
+
+def test_pixel_shuffle_and_unshuffle():
+    up = rf_of(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.PixelShuffle(2)), 8)
+    assert up.stride == (Fraction(1, 2),) * 2 and up.rf == (3, 3) and up.output_size == (16, 16)
+    down = rf_of(nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(4, 1, 3, padding=1)), (8, 8), in_channels=1)
+    assert down.stride == (2, 2) and down.rf == (6, 6) and down.padding == (2, 2)
+
+
+def test_strided_slicing():
+    layer = rf_of(nn.Sequential(nn.Conv2d(1, 1, 3), Lambda(lambda x: x[:, :, 1::2, :])), 12)
+    assert layer.stride == (2, 1) and layer.padding == (-1, 0) and layer.output_size == (5, 10)
+
+
+# -- merging paths and the global flag ----------------------------------------------------------------------
+class SE(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+        self.fc = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y * torch.sigmoid(self.fc(y.mean((2, 3), keepdim=True)))
+
+
+def test_squeeze_excitation_is_global_with_local_rf():
+    result = rflens.receptive_field(nn.Sequential(SE(4)), 16)
+    layer = result.layer("0")
+    assert layer.is_global and layer.rf == (3, 3)
+    assert not result.layer("0.conv").is_global
+
+
+def test_concat_and_residual_union():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(1, 2, 5, padding=2)
+            self.b = nn.Conv2d(1, 2, 1)
+
+        def forward(self, x):
+            return torch.cat([self.a(x), self.b(x)], 1) + x
+
+    layer = rf_of(Net(), 16, "")
+    assert layer.rf == (5, 5) and layer.rf_min == (1, 1) and layer.padding == (2, 2)
+
+
+def test_channels_last_linear_is_pointwise():
+    """ConvNeXt's pattern: permute to NHWC, nn.Linear over channels, permute back."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), Lambda(lambda x: x.permute(0, 2, 3, 1)), nn.Linear(8, 8),
+                          Lambda(lambda x: x.permute(0, 3, 1, 2)), nn.Conv2d(8, 8, 3, padding=1))
+    layer = rf_of(model, 32)
+    assert layer.rf == (12, 12) and layer.stride == (4, 4) and not layer.is_global
+
+
+def test_attention_over_tokens_is_global():
+    class ViTish(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Conv2d(3, 8, 4, stride=4)
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            t = self.embed(x).flatten(2).transpose(1, 2)
+            t = t + self.attn(t, t, t, need_weights=False)[0]
+            return t.transpose(1, 2).reshape(x.shape[0], 8, x.shape[2] // 4, x.shape[3] // 4)
+
+    result = rflens.receptive_field(ViTish(), 32)
+    final = result.layer("")
+    assert final.is_global and final.rf == (4, 4) and final.output_size == (8, 8)
+    assert not result.layer("embed").is_global
+
+
+def test_spatial_reduction_of_one_axis():
+    layer = rf_of(nn.Sequential(nn.Conv2d(1, 1, 3), Lambda(lambda x: x.amax(2, keepdim=True))), 10)
+    assert layer.is_global and layer.rf == (None, 3) and layer.output_size == (1, 8)
+
+
+# -- exact support ------------------------------------------------------------------------------------------
+def test_support_is_clipped_at_the_border_and_has_dilation_holes():
+    model = nn.Sequential(nn.Conv2d(1, 1, 3, padding=2, dilation=2))
+    result = rflens.receptive_field(model, 9)
+    corner = result.support("0", (0, 0))
+    assert np.argwhere(corner).tolist() == [[0, 0], [0, 2], [2, 0], [2, 2]]
+    with pytest.raises(IndexError):
+        result.support("0", (9, 0))
+
+
+# -- the user's model is left alone; no FLOPs are spent ------------------------------------------------------
+class DeviceLog(TorchDispatchMode):
+    """Devices of every tensor any op produced: meta tensors hold no data, so no arithmetic was done."""
+
+    def __init__(self):
+        super().__init__()
+        self.devices = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.devices.add(t.device.type)
+        return out
+
+
+def test_capture_spends_no_flops_and_changes_nothing():
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.resnet18()
+    model.train()
+    model.layer1.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = {k: v for k, v in model.named_parameters()}
+    flags = {n: m.training for n, m in model.named_modules()}
+    with DeviceLog() as log:
+        capture(model, 224)
+    assert log.devices == {"meta"}
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p is params[k] and p.device.type == "cpu" for k, p in model.named_parameters())
+    assert flags == {n: m.training for n, m in model.named_modules()}
+    assert not torch.nn.modules.module._global_forward_hooks
+    assert not torch.nn.modules.module._global_forward_pre_hooks
+
+
+# -- clear errors -------------------------------------------------------------------------------------------
+def test_unsupported_op_names_op_and_module():
+    model = nn.Sequential(nn.Conv2d(1, 1, 3), nn.Sequential(nn.Identity(), Lambda(lambda x: x.cumsum(2))))
+    with pytest.raises(rflens.UnsupportedOpError, match=r"aten\.cumsum in module '1\.1'"):
+        rflens.receptive_field(model, 16)
+
+
+def test_input_too_small_names_the_layer():
+    model = nn.Sequential(nn.Conv2d(1, 1, 7, stride=2), nn.Conv2d(1, 1, 5))
+    with pytest.raises(rflens.InputTooSmallError, match=r"module '1'"):
+        rflens.receptive_field(model, 8)
+
+
+def test_wrong_channel_count():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3))
+    with pytest.raises(rflens.CaptureError, match=r"module '0'.*channels"):
+        rflens.receptive_field(model, 16, in_channels=1)
+
+
+def test_wrong_number_of_spatial_dims():
+    with pytest.raises(rflens.CaptureError, match="2-D"):
+        rflens.receptive_field(nn.Conv2d(1, 1, 3), (16, 16, 16))
+
+
+class NeedsData(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.sum().item() > 1e9:  # data-dependent Python
+            y = y * 2
+        return y
+
+
+def test_model_that_cannot_run_on_meta_suggests_cpu_and_cpu_works():
+    with pytest.raises(rflens.MetaDeviceError, match="device='cpu'"):
+        rflens.receptive_field(NeedsData(), 16)
+    assert rflens.receptive_field(NeedsData(), 16, device="cpu").layer("conv").rf == (3, 3)
+
+
+def test_no_convolution_needs_explicit_layout():
+    with pytest.raises(rflens.CaptureError, match="in_channels"):
+        rflens.receptive_field(nn.Sequential(nn.MaxPool2d(2)), 16)
+    layer = rflens.receptive_field(nn.Sequential(nn.MaxPool2d(2)), (16, 16), in_channels=1).layer("0")
+    assert layer.rf == (2, 2)
