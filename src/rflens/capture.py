@@ -102,8 +102,11 @@ class _Recorder(TorchDispatchMode):
     def unsupported(self, func: Any, detail: str) -> UnsupportedOpError:
         return UnsupportedOpError(f"aten.{_op_name(func)}", self.module, detail)
 
-    def identity_reads(self) -> list[AxisRead]:
-        return [IDENTITY_READ] * self.graph.ndim
+    def identity_reads(self, st: _State) -> list[AxisRead]:
+        """Reads of an op that keeps every unit where it is. An axis ``st`` no longer holds (in a dim, or as a
+        hidden size-1 axis) was reduced away: the tensor depends on it only globally."""
+        held = set(st.hidden).union(*(D.axes_of(d) for d in st.dims))
+        return [IDENTITY_READ if a in held else None for a in range(self.graph.ndim)]
 
     # -- dispatch -----------------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -246,7 +249,7 @@ def _mix_reads(rec: _Recorder, st: _State, mixed: Sequence[D.Atom], out_dims: Se
     Mixing a whole axis is global. Mixing only the inner factor of a split axis (attention inside Swin
     windows, a Linear over a 2x2 patch) is local: a block of units, or a window of block size and stride."""
     sizes = rec.sizes(st)
-    reads = rec.identity_reads()
+    reads = rec.identity_reads(st)
     out_dims = [list(d) for d in out_dims]
     is_global = False
     for axis in sorted({a[1] for a in mixed if a[0] == "s"}):
@@ -474,10 +477,24 @@ for _name in dir(aten):
 
 
 def _pad_rule(rec, func, x, pad, mode, out):
+    st = rec.state(x)
     per_dim = {}
+    dims = list(st.dims)
     for i in range(len(pad) // 2):
         d = x.dim() - 1 - i
-        per_dim[d] = Pad(pad[2 * i], pad[2 * i + 1], mode)
+        left, right = pad[2 * i], pad[2 * i + 1]
+        if left == right == 0:
+            continue
+        atoms = st.dims[d]
+        if mode == "constant" and left > 0 and right == 0 and D.axes_of(atoms) and D.whole_axis(atoms, rec.sizes(st)) \
+                is None:  # zeros put in front of flattened tokens: prefix tokens
+            dims[d] = (("x", -1, left + D.prefix(atoms), 1),) + tuple(a for a in atoms if a[0] != "x")
+            continue
+        per_dim[d] = Pad(left, right, mode)
+    if not per_dim:
+        return rec.carry(out, st, tuple(dims))
+    if dims != list(st.dims):
+        raise rec.unsupported(func, "padding that adds prefix tokens and pads a spatial axis at once")
     _spatial_op(rec, func, x, out, per_dim)
 
 
@@ -492,6 +509,42 @@ for _n in (1, 2, 3):
             RULES[getattr(aten, f"{_prefix}{_n}d")] = (
                 lambda m: lambda rec, func, args, kwargs, out: _pad_rule(rec, func, args[0], list(args[1]), m, out)
             )(_mode)
+
+
+@rule(aten.im2col)
+def _im2col(rec, func, args, kwargs, out):
+    """nn.Unfold: sliding windows, the kernel taps moved into channels and the windows flattened."""
+    x, kernel, dilation, padding, stride = args[:5]
+    st = rec.state(x)
+    reads = rec.identity_reads(st)
+    rows = []
+    for i in range(2):
+        axis = D.whole_axis(st.dims[x.dim() - 2 + i], rec.sizes(st))
+        if axis is None:
+            raise rec.unsupported(func, "unfolding dims that are not whole spatial axes")
+        geom = Window(kernel[i], stride[i], padding[i], padding[i], dilation[i])
+        reads[axis] = geom
+        rows.append(D.spatial(axis, geom.output_size(x.shape[x.dim() - 2 + i]))[0])
+    dims = (*st.dims[: x.dim() - 3], D.other(out.shape[-2]), tuple(rows))
+    rec.emit(func, out, [st], [reads], dims, st.hidden)
+
+
+@rule(aten.col2im)
+def _col2im(rec, func, args, kwargs, out):
+    """nn.Fold: each window writes back its taps, a transposed convolution on the flattened windows."""
+    x, output_size, kernel, dilation, padding, stride = args[:6]
+    st = rec.state(x)
+    atoms = D.spatial_atoms(st.dims[-1])
+    if len(atoms) != 2 or len(D.axes_of(atoms)) != 2:
+        raise rec.unsupported(func, "folding blocks that are not flattened spatial windows")
+    reads = rec.identity_reads(st)
+    for i, atom in enumerate(atoms):
+        reads[atom[1]] = Transposed(kernel[i], stride[i], padding[i], dilation[i],
+                                    output_size[i] - Transposed(kernel[i], stride[i], padding[i], dilation[i])
+                                    .output_size(atom[2]))
+    dims = (*st.dims[:-2], D.other(out.shape[-3]), D.spatial(atoms[0][1], out.shape[-2]),
+            D.spatial(atoms[1][1], out.shape[-1]))
+    rec.emit(func, out, [st], [reads], dims, st.hidden)
 
 
 @rule(aten.pixel_shuffle)
@@ -543,6 +596,20 @@ def _slice(rec, func, x, out, d, start, step, drop_dim=False):
     st = rec.state(x)
     atoms = st.dims[d]
     n_out = 1 if drop_dim else out.shape[d]
+    k = D.prefix(atoms)
+    if k and step == 1:
+        dims = list(st.dims)
+        if start == k and n_out == x.shape[d] - k:  # the patch tokens without the prefix tokens
+            dims[d] = atoms[1:]
+            return rec.carry(out, st, tuple(dims))
+        if start + n_out <= k:  # prefix tokens only (a class token)
+            if drop_dim:
+                del dims[d]
+            else:
+                dims[d] = D.other(n_out)
+            return rec.carry(out, st, tuple(dims))
+    if k:
+        raise rec.unsupported(func, "slicing across the prefix tokens and the patch tokens of a token sequence")
     if not D.axes_of(atoms):
         dims = list(st.dims)
         if drop_dim:
@@ -555,7 +622,7 @@ def _slice(rec, func, x, out, d, start, step, drop_dim=False):
         raise rec.unsupported(func, f"slicing dim {d}, which holds a part or a merge of spatial axes")
     if start == 0 and step == 1 and n_out == x.shape[d] and not drop_dim:
         return rec.carry(out, st, st.dims)
-    reads = rec.identity_reads()
+    reads = rec.identity_reads(st)
     reads[axis] = Window(1, step, -start, 0)
     dims = list(st.dims)
     hidden = set(st.hidden)
@@ -654,7 +721,7 @@ def _expand(rec, func, args, kwargs, out):
     st = rec.state(x)
     lead = out.dim() - x.dim()
     dims = [() for _ in range(lead)] + list(st.dims)
-    reads = rec.identity_reads()
+    reads = rec.identity_reads(st)
     grown = False
     for d in range(lead, out.dim()):
         if x.shape[d - lead] == 1 and out.shape[d] != 1:
@@ -706,7 +773,7 @@ def _write_through(rec, func, view):
         raise rec.unsupported(func, "an in-place write into a view that selects part of a spatial axis (rflens "
                                     "cannot follow the aliasing)")
     inputs = [vst] if bst is None else [bst, vst]
-    rec.emit(func, base, inputs, [rec.identity_reads() for _ in inputs], bst.dims if bst else vst.dims,
+    rec.emit(func, base, inputs, [rec.identity_reads(st) for st in inputs], bst.dims if bst else vst.dims,
              vst.hidden if bst is None else bst.hidden | vst.hidden)
 
 
@@ -750,8 +817,8 @@ def _pointwise(rec, func, args, kwargs, out):
     reads = []
     for _, st in stateful:
         sizes = rec.sizes(st)
-        reads.append([BROADCAST if a in out_sizes and sizes[a] == 1 and out_sizes[a] > 1 else IDENTITY_READ
-                      for a in range(rec.graph.ndim)])
+        reads.append([BROADCAST if r is not None and a in out_sizes and sizes[a] == 1 and out_sizes[a] > 1 else r
+                      for a, r in enumerate(rec.identity_reads(st))])
     rec.emit(func, out, [st for _, st in stateful], reads, tuple(dims), hidden)
 
 
@@ -776,14 +843,23 @@ def _cat(rec, func, args, kwargs, out):
                 if j != d or stack:
                     if D.spatial_atoms(atoms) != D.spatial_atoms(dims[jj]):
                         raise rec.unsupported(func, "it joins tensors whose dims hold different spatial axes")
-        reads = [rec.identity_reads() for _ in stateful]
+        reads = [rec.identity_reads(st) for _, st in stateful]
         return rec.emit(func, out, [st for _, st in stateful], reads, tuple(dims),
                         frozenset().union(*(st.hidden for _, st in stateful)))
     # concatenation along a spatial axis: each piece is the input shifted by its offset
+    spatial_inputs = [i for i, t in enumerate(tensors) if rec.state(t) is not None and D.axes_of(rec.state(t).dims[d])]
+    if len(spatial_inputs) == 1 and spatial_inputs[0] == len(tensors) - 1 and len(tensors) > 1:
+        # tokens put in front of the patch tokens (a ViT's class token): prefix tokens of that dim. No patch
+        # token reads them; they reach patch tokens only through a later mixing op (attention), which is global.
+        last = rec.state(tensors[-1])
+        dims = list(last.dims)
+        k = sum(t.shape[d] for t in tensors[:-1]) + D.prefix(dims[d])
+        dims[d] = (("x", -1, k, 1),) + tuple(a for a in dims[d] if a[0] != "x")
+        return rec.carry(out, last, tuple(dims))
     axis = D.whole_axis(st0.dims[d], rec.sizes(st0))
     if axis is None or len(along) != 1:
-        # e.g. a class token put in front of flattened patch tokens: positions along the merged dim are no
-        # longer a product of axes, so from here on the sequence counts as global.
+        # any other join along a dim of merged axes: positions are no longer a product of axes, so from
+        # here on the sequence counts as global.
         dims = list(st0.dims)
         dims[d] = D.other(out.shape[d])
         states = [st for _, st in stateful]
@@ -793,7 +869,7 @@ def _cat(rec, func, args, kwargs, out):
     for t in tensors:
         st = rec.state(t)
         if st is not None:
-            r = rec.identity_reads()
+            r = rec.identity_reads(st)
             r[axis] = Pad(offset, out.shape[d] - offset - t.shape[d])
             reads.append(r)
             inputs.append(st)
@@ -818,7 +894,7 @@ def _mix(rec, func, x, out, mixed: set[int], keepdim: bool):
     atoms = [a for d in sorted(mixed) for a in st.dims[d]]
     reads, dims, changed, _ = _mix_reads(rec, st, atoms, dims)
     # a softmax or a norm combines each element itself (local) with statistics of the mixed dims
-    inputs, all_reads = ([st, st], [rec.identity_reads(), reads]) if same_shape else ([st], [reads])
+    inputs, all_reads = ([st, st], [rec.identity_reads(st), reads]) if same_shape else ([st], [reads])
     for o in outs:
         odims = dims if o.dim() == len(dims) else tuple(D.other(n) for n in o.shape)
         if changed:
@@ -884,9 +960,8 @@ def _matmul(rec, func, a, b, out):
     clash = D.axes_of(row) & D.axes_of(col)
     mixed_b = list(sb.dims[-2]) if sb is not None else []
     if clash:  # a[i] against b[j] along one axis (attention scores): every j reaches every i
-        mixed_b += [x for x in col if x[0] == "s" and x[1] in clash]
-        col = tuple(x for x in col if not (x[0] == "s" and x[1] in clash)) or D.other(out.shape[-1])
-        col = D.merge_adjacent(tuple(("n", -1, x[2], 1) if x[0] == "s" and x[1] in clash else x for x in col))
+        mixed_b += D.spatial_atoms(col)
+        col = D.other(out.shape[-1])
     dims = tuple(dims) + (row, col)
     states, reads, changed, out_dims = [], [], False, None
     for st, mixed in ((sa, list(sa.dims[-1]) if sa is not None else []), (sb, mixed_b)):
@@ -929,7 +1004,7 @@ def _sdpa(rec, func, args, kwargs, out):
         st = rec.state(t)
         if st is None:
             continue
-        r = rec.identity_reads()
+        r = rec.identity_reads(st)
         if t is not q:
             for ax in D.axes_of(st.dims[-2]):
                 r[ax] = None

@@ -3,13 +3,15 @@
 Each dim of a tensor is a tuple of *atoms* (outermost first) whose sizes multiply to the dim's size:
 ``("s", axis, size, inner)`` is a factor of spatial axis ``axis`` (``inner`` is its stride in units of that
 axis, 1 for the innermost factor; a whole axis is one atom with inner 1) and ``("n", -1, size, 1)`` is
-anything else (batch, channels, heads...). Flattened tokens of a ViT are one dim holding two spatial atoms;
+anything else (batch, channels, heads...). ``("x", -1, k, 1)`` leads a dim of ``k + product`` elements: k
+prefix tokens (a ViT's class and register tokens) in front of flattened patch tokens. Flattened tokens of a ViT are one dim holding two spatial atoms;
 Swin's window partition splits an axis into (windows, within-window) atoms. Size-1 non-spatial atoms are
 dropped. Pure Python: no torch.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 Atom = tuple[str, int, int, int]
@@ -23,6 +25,20 @@ class RegroupError(ValueError):
 def other(size: int) -> tuple[Atom, ...]:
     """The atoms of a non-spatial dim of this size."""
     return (("n", -1, size, 1),) if size != 1 else ()
+
+
+def size_of(atoms: Sequence[Atom]) -> int:
+    """Number of elements of a dim with these atoms."""
+    prod = 1
+    for a in atoms:
+        if a[0] != "x":
+            prod *= a[2]
+    return prod + atoms[0][2] if atoms and atoms[0][0] == "x" else prod
+
+
+def prefix(atoms: Sequence[Atom]) -> int:
+    """Number of prefix tokens in front of the dim's other elements."""
+    return atoms[0][2] if atoms and atoms[0][0] == "x" else 0
 
 
 def spatial(axis: int, size: int) -> tuple[Atom, ...]:
@@ -62,6 +78,13 @@ def merge_adjacent(atoms: Sequence[Atom]) -> tuple[Atom, ...]:
 
 def regroup(dims: Dims, new_shape: Sequence[int]) -> Dims:
     """Atoms of each dim after ``view``/``reshape`` to ``new_shape`` (same number of elements)."""
+    for i, atoms in enumerate(dims):
+        if prefix(atoms):  # a dim with prefix tokens moves whole: split the view around it
+            before = math.prod(size_of(d) for d in dims[:i])
+            for j in range(len(new_shape)):
+                if math.prod(new_shape[:j]) == before and new_shape[j] == size_of(atoms):
+                    return regroup(dims[:i], new_shape[:j]) + (tuple(atoms),) + regroup(dims[i + 1:], new_shape[j + 1:])
+            raise RegroupError("a view splits or merges a dim that holds prefix tokens")
     queue = [a for d in dims for a in d]
     result: list[tuple[Atom, ...]] = []
     for j, m in enumerate(new_shape):
