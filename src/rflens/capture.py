@@ -1084,8 +1084,9 @@ def capture(model: torch.nn.Module, input_size: int | Sequence[int], *, in_chann
         names.setdefault(id(m), name)
         graph.module_types.setdefault(name, type(m).__name__)
     rec = _Recorder(graph)
-    x = (torch.empty(shape, device=device) if device.type == "meta"
-         else torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device))
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
+    x = (torch.empty(shape, device=device, dtype=dtype) if device.type == "meta"
+         else torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=dtype).to(device))
     rec.set(x, _State(0, ((), D.other(in_channels), *(D.spatial(a, n) for a, n in enumerate(input_size)))))
 
     def pre_hook(module, inputs):
