@@ -96,8 +96,9 @@ def _run_rf(args: argparse.Namespace, console: Console) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console(stderr=False)
-    errors = Console(stderr=True)
+    # piped output keeps whole layer names instead of an 80-column cut
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
     try:
         return args.run(args, console)
     except RflensError as exc:

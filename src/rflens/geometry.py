@@ -114,15 +114,13 @@ class Window:
 
     def output_size(self, n: int) -> int:
         span = n + self.pad_left + self.pad_right - self.extent
-        if span < 0:
-            return 0
         if not self.ceil_mode:
-            return span // self.stride + 1
+            return max(span // self.stride + 1, 0)
         out = -(-span // self.stride) + 1
         # PyTorch: the last window must start inside the input or the left padding.
         if (out - 1) * self.stride >= n + self.pad_left:
             out -= 1
-        return out
+        return max(out, 0)
 
     def leftover(self, n: int) -> int:
         """Trailing positions of the padded input that no window reaches (Mind the Pad)."""

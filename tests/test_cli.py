@@ -1,0 +1,99 @@
+"""The command line: `rflens rf` table and JSON, options, and clear errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+from rflens.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_rf_json_document(capsys, tmp_path):
+    code, out, _ = run(capsys, "rf", "torchvision:resnet18", "--input-size", "224", "--json", "--out",
+                       str(tmp_path / "rf.json"))
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["model"] == "torchvision:resnet18" and doc["input_size"] == [224, 224]
+    layer4 = next(layer for layer in doc["layers"] if layer["name"] == "layer4")
+    assert set(layer4) == {"name", "op", "output_size", "rf", "rf_min", "stride", "padding", "global"}
+    assert layer4["rf"] == [435, 435] and layer4["stride"] == [32, 32] and layer4["global"] is False
+    assert json.loads((tmp_path / "rf.json").read_text()) == doc
+
+
+def test_rf_table_and_layer_filter(capsys):
+    code, out, _ = run(capsys, "rf", "torchvision:resnet18", "--layer", "layer3", "--layer", "layer4")
+    assert code == 0
+    assert "layer4" in out and "435" in out and "layer3" in out and "layer2" not in out
+
+
+def test_rectangular_input_and_fractional_stride(capsys, tmp_path):
+    factory = tmp_path / "net.py"
+    factory.write_text(
+        "import torch.nn as nn\n"
+        "def make(width=2):\n"
+        "    return nn.Sequential(nn.Conv2d(1, width, 3, stride=2), nn.Upsample(scale_factor=4))\n")
+    code, out, _ = run(capsys, "rf", f"{factory}:make", "--model-arg", "width=3", "--input-size", "33x17",
+                       "--json")
+    assert code == 0
+    last = json.loads(out)["layers"][-1]
+    assert last["output_size"] == [64, 32] and last["stride"] == ["1/2", "1/2"]
+
+
+def test_one_dimensional_model(capsys, tmp_path):
+    factory = tmp_path / "audio.py"
+    factory.write_text("import torch.nn as nn\n"
+                       "def make():\n"
+                       "    return nn.Sequential(nn.Conv1d(1, 4, 400, stride=160), nn.Conv1d(4, 4, 3, padding=1))\n")
+    code, out, _ = run(capsys, "rf", f"{factory}:make", "--input-size", "16000", "--json")
+    assert code == 0
+    assert json.loads(out)["layers"][-1]["rf"] == [720]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["rf", "timm:resnet5"], "did you mean"),
+    (["rf", "torchvision:resnet18", "--layer", "layer5"], "layer4"),
+    (["rf", "torchvision:vgg11", "--input-size", "16"], "too small"),
+    (["rf", "torchvision:resnet18", "--in-channels", "1"], "channel"),
+])
+def test_errors_exit_2_with_a_message(capsys, argv, needle):
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and needle in err
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_untrusted_weights_are_refused(capsys, tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"conv.weight": Evil()}, path)
+    code, out, err = run(capsys, "rf", "torchvision:resnet18", "--weights", str(path))
+    assert code == 2 and "pwned" not in out and "untrusted" in err.lower()
+
+
+def test_weights_file_is_loaded(capsys, tmp_path):
+    from safetensors.torch import save_file
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3))
+    factory = tmp_path / "small.py"
+    factory.write_text("import torch.nn as nn\ndef make():\n    return nn.Sequential(nn.Conv2d(3, 4, 3))\n")
+    save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
+    code, out, _ = run(capsys, "rf", f"{factory}:make", "--weights", str(tmp_path / "w.safetensors"), "--json")
+    assert code == 0 and json.loads(out)["layers"][0]["rf"] == [3, 3]
+
+
+def test_python_dash_m():
+    out = subprocess.run([sys.executable, "-m", "rflens", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("rflens ")
