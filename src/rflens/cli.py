@@ -19,7 +19,8 @@ def parse_input_size(text: str) -> tuple[int, ...] | int:
     try:
         sizes = tuple(int(p) for p in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"input size must look like 224, 224x320 or 16x112x112, got {text!r}")
+        msg = f"input size must look like 224, 224x320 or 16x112x112, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
     if any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError(f"input sizes must be positive, got {text!r}")
     return sizes[0] if len(sizes) == 1 else sizes

@@ -10,11 +10,10 @@ a geometry object from :mod:`rflens.geometry` (``Window``, ``Transposed``, ``Pad
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 from rflens.geometry import Pad, Resample, Transposed, Window
 
-AxisRead = Union[Window, Transposed, Pad, Resample, None]
+AxisRead = Window | Transposed | Pad | Resample | None
 IDENTITY_READ = Window()
 
 

@@ -219,7 +219,7 @@ def support(graph: Graph, node_id: int, unit: Sequence[int]) -> np.ndarray:
     """Input pixels that can influence output ``unit`` of node ``node_id`` (exact, clipped to the image)."""
     target = graph.nodes[node_id]
     unit = tuple(unit)
-    if len(unit) != graph.ndim or any(not 0 <= u < n for u, n in zip(unit, target.sizes)):
+    if len(unit) != graph.ndim or any(not 0 <= u < n for u, n in zip(unit, target.sizes, strict=True)):
         raise IndexError(f"unit {unit} is outside the output of size {target.sizes}")
     masks: dict[int, np.ndarray] = {node_id: np.zeros(target.sizes, dtype=bool)}
     masks[node_id][unit] = True
