@@ -262,3 +262,14 @@ def test_no_convolution_needs_explicit_layout():
         rflens.receptive_field(nn.Sequential(nn.MaxPool2d(2)), 16)
     layer = rflens.receptive_field(nn.Sequential(nn.MaxPool2d(2)), (16, 16), in_channels=1).layer("0")
     assert layer.rf == (2, 2)
+
+
+def test_real_device_capture_needs_the_model_there():
+    model = nn.Sequential(nn.Conv2d(1, 1, 3))
+    if torch.cuda.is_available():
+        with pytest.raises(rflens.CaptureError, match="move the model"):
+            rflens.receptive_field(model, 8, device="cuda")
+        assert rflens.receptive_field(model.cuda(), 8, device="cuda").layer("0").rf == (3, 3)
+    else:
+        with pytest.raises(rflens.CaptureError, match="no CUDA device"):
+            rflens.receptive_field(model, 8, device="cuda")

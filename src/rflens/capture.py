@@ -225,6 +225,13 @@ def capture(model: torch.nn.Module, input_size: int | Sequence[int], *, in_chann
         raise CaptureError(f"the model's first convolution is {layout[0]}-D but the input size {input_size} "
                            f"has {len(input_size)} spatial dims")
     device = torch.device(device)
+    if device.type != "meta":
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise CaptureError("device 'cuda' was asked for but PyTorch sees no CUDA device")
+        elsewhere = {str(p.device) for p in model.parameters() if p.device.type != device.type}
+        if elsewhere:
+            raise CaptureError(f"capture on {device} runs the model there, but its parameters are on "
+                               f"{sorted(elsewhere)}: move the model first (model.to('{device}'))")
     shape = (1, in_channels, *input_size)
     graph = Graph(shape)
     graph.add("input", "", (), (), input_size, shape)

@@ -72,6 +72,8 @@ def _run_rf(args: argparse.Namespace, console: Console) -> int:
     with console.status(f"building {args.model}", spinner="dots"):
         model = load_model(args.model, model_args=parse_model_args(args.model_arg), weights=args.weights,
                            seed=args.seed)
+    if args.device != "meta":
+        model = _to_device(model, args.device)
     result = receptive_field(model, args.input_size, in_channels=args.in_channels, device=args.device,
                              model_name=describe(args.model))
     layers = result.layers
@@ -93,6 +95,17 @@ def _run_rf(args: argparse.Namespace, console: Console) -> int:
         size = "x".join(map(str, result.input_size))
         console.print(rf_table(layers, title=f"{doc['model']} at {size}"), soft_wrap=True)
     return 0
+
+
+def _to_device(model, device: str):
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RflensError(f"--device {device}: PyTorch sees no CUDA device here")
+    try:
+        return model.to(device)
+    except (RuntimeError, ValueError) as exc:
+        raise RflensError(f"--device {device}: {exc}") from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,8 +5,8 @@ Each dim of a tensor is a tuple of *atoms* (outermost first) whose sizes multipl
 axis, 1 for the innermost factor; a whole axis is one atom with inner 1) and ``("n", -1, size, 1)`` is
 anything else (batch, channels, heads...). ``("x", -1, k, 1)`` leads a dim of ``k + product``
 elements: k prefix tokens (a ViT's class and register tokens) in front of flattened patch tokens.
-Flattened tokens of a ViT are one dim holding two spatial atoms; Swin's window partition splits an axis into (windows, within-window) atoms. Size-1 non-spatial atoms are
-dropped. Pure Python: no torch.
+Flattened tokens of a ViT are one dim holding two spatial atoms; Swin's window partition splits an axis
+into (windows, within-window) atoms. Size-1 non-spatial atoms are dropped. Pure Python: no torch.
 """
 
 from __future__ import annotations
