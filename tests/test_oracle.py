@@ -9,10 +9,13 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import numpy as np
 import pytest
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from archgen import architectures
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
@@ -23,12 +26,12 @@ import rflens
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
-def probe_units(shape: tuple[int, ...], draw_extra=None) -> list[tuple[int, ...]]:
-    """Corners and centre of a spatial output shape."""
-    corners = [tuple(0 if c == "0" else n - 1 for c, n in zip(bits, shape))
-               for bits in ("0" * len(shape), "1" * len(shape))]
+def probe_units(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Every corner, the centre, and the unit next to the first corner of a spatial output shape."""
+    corners = list(itertools.product(*((0, n - 1) for n in shape)))
     centre = tuple(n // 2 for n in shape)
-    return list(dict.fromkeys([*corners, centre]))
+    second = tuple(min(1, n - 1) for n in shape)
+    return list(dict.fromkeys([*corners, centre, second]))
 
 
 def check_supports(model: nn.Module, input_shape: tuple[int, ...], names: list[str]) -> None:
@@ -114,3 +117,23 @@ def test_circular_and_reflect_padding_supports_match_oracle():
                           nn.Conv2d(2, 2, 3, stride=2, padding=1, padding_mode="reflect"),
                           nn.Conv2d(2, 1, 3, padding=1, padding_mode="replicate"))
     check_supports(model, (1, 1, 12, 9), ["0", "1", "2"])
+
+
+class ASPPish(nn.Module):
+    """DeepLab's pattern: a global-pooling branch upsampled back and concatenated with a local branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.local = nn.Conv2d(1, 2, 3, padding=2, dilation=2)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(1, 2, 1))
+        self.head = nn.Conv2d(4, 1, 1)
+
+    def forward(self, x):
+        pooled = F.interpolate(self.pool(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.head(torch.cat([self.local(x), pooled], 1))
+
+
+def test_global_pooling_branch_supports_match_oracle():
+    check_supports(ASPPish(), (1, 1, 9, 11), ["local", "pool", "head"])
+    result = rflens.receptive_field(ASPPish(), (9, 11))
+    assert result.layer("head").is_global and result.layer("head").rf == (5, 5)

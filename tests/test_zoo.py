@@ -35,7 +35,7 @@ def build(factory, name):
 def test_torchvision_classification_models_trace(name):
     model = build(torchvision.models.get_model, name)
     result = rflens.receptive_field(model, 299 if "inception" in name else 224)
-    final = max(result.layers, key=lambda layer: layer.node)
+    final = max((layer for layer in result.layers if layer.rf[0] is not None), key=lambda layer: layer.node)
     assert final.rf[0] is not None and final.stride[0] in (14, 16, 32)
 
 
@@ -66,3 +66,21 @@ def test_swin_windows_stay_local_until_the_window_covers_the_map():
     result = rflens.receptive_field(build(lambda n: timm.create_model(n), "swin_tiny_patch4_window7_224"), 224)
     assert not result.layer("layers.2").is_global  # 14x14 map, 7x7 windows: local
     assert result.layer("layers.3.blocks.0.attn").is_global  # 7x7 map, one window: global
+
+
+SEGMENTATION_AND_VIDEO = [
+    ("fcn_resnet50", (96, 96)), ("deeplabv3_resnet50", (96, 96)), ("deeplabv3_mobilenet_v3_large", (96, 96)),
+    ("lraspp_mobilenet_v3_large", (96, 96)), ("r3d_18", (8, 64, 64)), ("mc3_18", (8, 64, 64)),
+    ("r2plus1d_18", (8, 64, 64)), ("s3d", (16, 224, 224)), ("swin3d_t", (8, 64, 64)), ("mvit_v2_s", (16, 224, 224)),
+]
+
+
+@pytest.mark.parametrize("name,size", SEGMENTATION_AND_VIDEO, ids=lambda v: v if isinstance(v, str) else "")
+def test_segmentation_and_video_models_trace(name, size):
+    kwargs = {"weights_backbone": None} if "_" in name and name.split("_")[0] in ("fcn", "deeplabv3", "lraspp") else {}
+    model = build(lambda n: torchvision.models.get_model(n, **kwargs), name)
+    result = rflens.receptive_field(model, size)
+    final = max((layer for layer in result.layers if layer.rf[-1] is not None), key=lambda layer: layer.node)
+    assert len(final.rf) == len(size)
+    if name.startswith(("deeplabv3", "lraspp")):  # image pooling branch: global
+        assert final.is_global and final.output_size == size

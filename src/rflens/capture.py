@@ -167,7 +167,8 @@ class _CircularPad(TorchFunctionMode):
         return out
 
 
-_TOO_SMALL = ("too small", "non-positive", "greater than actual input", "should be less than", "must be less than")
+_TOO_SMALL = ("too small", "non-positive", "greater than actual input", "should be less than", "must be less than",
+              "smaller than kernel")
 
 
 def _explain(exc: Exception, func: Any, args: tuple, module: str) -> RflensError:
@@ -255,7 +256,7 @@ def capture(model: torch.nn.Module, input_size: int | Sequence[int], *, in_chann
             return
         for t in pytree.tree_leaves(output):
             st = rec.state(t)
-            if st is not None and st.has_spatial():
+            if st is not None and st.is_map():
                 graph.module_outputs.pop(name, None)
                 graph.module_outputs[name] = st.node
                 break

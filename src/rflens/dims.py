@@ -6,7 +6,9 @@ axis, 1 for the innermost factor; a whole axis is one atom with inner 1) and ``(
 anything else (batch, channels, heads...). ``("x", -1, k, 1)`` leads a dim of ``k + product``
 elements: k prefix tokens (a ViT's class and register tokens) in front of flattened patch tokens.
 Flattened tokens of a ViT are one dim holding two spatial atoms; Swin's window partition splits an axis
-into (windows, within-window) atoms. Size-1 non-spatial atoms are dropped. Pure Python: no torch.
+into (windows, within-window) atoms. ``("r", axis, 1, 1)`` marks a size-1 dim left where a whole axis was
+reduced with keepdim (a global pooling): growing it back (upsampling, expand) broadcasts along that axis.
+Other size-1 non-spatial atoms are dropped. Pure Python: no torch.
 """
 
 from __future__ import annotations
@@ -39,6 +41,16 @@ def size_of(atoms: Sequence[Atom]) -> int:
 def prefix(atoms: Sequence[Atom]) -> int:
     """Number of prefix tokens in front of the dim's other elements."""
     return atoms[0][2] if atoms and atoms[0][0] == "x" else 0
+
+
+def reduced(atoms: Sequence[Atom], axis_sizes: Sequence[int]) -> tuple[Atom, ...]:
+    """What stays of a dim reduced with keepdim: the marker of its axis if it held one whole axis."""
+    axis = whole_axis(atoms, axis_sizes)
+    return (("r", axis, 1, 1),) if axis is not None else ()
+
+
+def reduced_axis(atoms: Sequence[Atom]) -> int | None:
+    return atoms[0][1] if len(atoms) == 1 and atoms[0][0] == "r" else None
 
 
 def spatial(axis: int, size: int) -> tuple[Atom, ...]:

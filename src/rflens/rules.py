@@ -53,6 +53,10 @@ class State:
     def has_spatial(self) -> bool:
         return any(a[0] == "s" for d in self.dims for a in d)
 
+    def is_map(self) -> bool:
+        """Spatial dims are still there, if only as a globally pooled 1x1 map."""
+        return any(a[0] in "sr" for d in self.dims for a in d)
+
 
 # ---------------------------------------------------------------------------------------------------------
 # rules
@@ -122,9 +126,15 @@ def _spatial_op(rec: Any, func: Any, x: torch.Tensor, out: torch.Tensor, per_dim
     window: dict[int, AxisRead] = {}
     for d, geom in per_dim.items():
         atoms = st.dims[d]
+        grown = D.reduced_axis(atoms)
+        if grown is not None and geom is not None and out.shape[d] > 1:  # e.g. upsampling a pooled 1x1 map
+            window[grown] = BROADCAST
+            dims[d] = D.spatial(grown, out.shape[d])
+            continue
         if geom is None or not D.axes_of(atoms):
             mixed += atoms if geom is None else []
-            dims[d] = D.other(out.shape[d])
+            dims[d] = D.reduced(atoms, sizes) if geom is None and out.shape[d] == 1 else \
+                atoms if grown is not None else D.other(out.shape[d])
             continue
         axis = D.whole_axis(atoms, sizes)
         if axis is None:
@@ -555,7 +565,7 @@ def _expand(rec, func, args, kwargs, out):
     grown = False
     for d in range(lead, out.dim()):
         if x.shape[d - lead] == 1 and out.shape[d] != 1:
-            axes = D.axes_of(dims[d])
+            axes = D.axes_of(dims[d]) or ({D.reduced_axis(dims[d])} - {None})
             for a in axes:
                 reads[a] = BROADCAST
                 grown = True
@@ -720,7 +730,7 @@ def _mix(rec, func, x, out, mixed: set[int], keepdim: bool):
         if d not in mixed or same_shape:
             dims.append(atoms)
         elif keepdim:
-            dims.append(())
+            dims.append(D.reduced(atoms, rec.sizes(st)))
     atoms = [a for d in sorted(mixed) for a in st.dims[d]]
     reads, dims, changed, _ = _mix_reads(rec, st, atoms, dims)
     # a softmax or a norm combines each element itself (local) with statistics of the mixed dims
