@@ -273,3 +273,28 @@ def test_real_device_capture_needs_the_model_there():
     else:
         with pytest.raises(rflens.CaptureError, match="no CUDA device"):
             rflens.receptive_field(model, 8, device="cuda")
+
+
+def test_manual_zero_padding_by_concatenation_is_an_offset():
+    """torch.cat([zeros, x], dim=2) pads one row on top: a shift, not prefix tokens."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), Lambda(lambda x: torch.cat([x.new_zeros(1, 2, 1, x.shape[3]), x], 2)),
+                          nn.Conv2d(2, 1, 3))
+    result = rflens.receptive_field(model, 10)
+    layer = result.layer("2")
+    assert layer.rf == (5, 5) and layer.padding == (1, 0) and layer.output_size == (7, 6)
+    assert np.argwhere(result.support("2", (0, 0))).tolist() == [[r, c] for r in range(4) for c in range(5)]
+
+
+def test_concatenating_a_pooled_vector_with_a_map_keeps_the_map():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            g = y.mean((2, 3), keepdim=True).expand_as(y)
+            return torch.cat([g, y], 1)
+
+    layer = rflens.receptive_field(Net(), 8).layer("")
+    assert layer.is_global and layer.rf == (3, 3) and layer.output_size == (8, 8)

@@ -84,3 +84,12 @@ def test_segmentation_and_video_models_trace(name, size):
     assert len(final.rf) == len(size)
     if name.startswith(("deeplabv3", "lraspp")):  # image pooling branch: global
         assert final.is_global and final.output_size == size
+
+
+def test_cpu_capture_with_fused_attention_agrees_with_meta():
+    """On a real device ViT attention runs as one fused op (scaled_dot_product_attention); same answer."""
+    model = timm.create_model("vit_tiny_patch16_224")
+    meta = rflens.receptive_field(model, 224)
+    cpu = rflens.receptive_field(model, 224, device="cpu")
+    assert any("scaled_dot_product" in node.op for node in cpu.graph.nodes)
+    assert [(x.name, x.rf, x.is_global) for x in meta.layers] == [(x.name, x.rf, x.is_global) for x in cpu.layers]

@@ -37,6 +37,7 @@ aten = torch.ops.aten
 def _op_name(func: Any) -> str:
     return func if isinstance(func, str) else str(func.overloadpacket).split(".")[-1]
 
+
 BROADCAST = Resample(QuasiAffine.affine(0, 0), QuasiAffine.affine(0, 0),
                      lambda n_in, n_out: [np.zeros(n_out, dtype=np.int64)])
 
@@ -133,8 +134,10 @@ def _spatial_op(rec: Any, func: Any, x: torch.Tensor, out: torch.Tensor, per_dim
             continue
         if geom is None or not D.axes_of(atoms):
             mixed += atoms if geom is None else []
-            dims[d] = D.reduced(atoms, sizes) if geom is None and out.shape[d] == 1 else \
-                atoms if grown is not None else D.other(out.shape[d])
+            if geom is None and out.shape[d] == 1 and grown is None:
+                dims[d] = D.reduced(atoms, sizes)  # a global pooling leaves the marker of its axis
+            elif grown is None:
+                dims[d] = D.other(out.shape[d])
             continue
         axis = D.whole_axis(atoms, sizes)
         if axis is None:
@@ -668,30 +671,29 @@ def _cat(rec, func, args, kwargs, out):
     d = _norm_dim(kwargs.get("dim", args[1] if len(args) > 1 else 0), out.dim())
     stack = func.overloadpacket is aten.stack
     stateful = [(t, rec.state(t)) for t in tensors if rec.state(t) is not None]
-    st0 = stateful[0][1]
+    st0 = next((st for _, st in stateful if st.has_spatial()), stateful[0][1])
     along = set() if stack else set().union(*(D.axes_of(st.dims[d]) for _, st in stateful))
-    if not along:
-        others = [(t, st) for t, st in stateful]
+    if not along:  # joined along channels (or a new dim): every unit reads the same unit of each input
         dims = list(st0.dims)
         if stack:
             dims.insert(d, D.other(out.shape[d]))
         else:
             dims[d] = D.other(out.shape[d])
-        for _, st in others:
+        for _, st in stateful:
             for j, atoms in enumerate(st.dims):
                 jj = j + (1 if stack and j >= d else 0)
-                if j != d or stack:
-                    if D.spatial_atoms(atoms) != D.spatial_atoms(dims[jj]):
-                        raise rec.unsupported(func, "it joins tensors whose dims hold different spatial axes")
+                if (j != d or stack) and D.axes_of(atoms) and D.spatial_atoms(atoms) != D.spatial_atoms(dims[jj]):
+                    raise rec.unsupported(func, "it joins tensors whose dims hold different spatial axes")
         reads = [rec.identity_reads(st) for _, st in stateful]
         return rec.emit(func, out, [st for _, st in stateful], reads, tuple(dims),
                         frozenset().union(*(st.hidden for _, st in stateful)))
     # concatenation along a spatial axis: each piece is the input shifted by its offset
     spatial_inputs = [i for i, t in enumerate(tensors) if rec.state(t) is not None and D.axes_of(rec.state(t).dims[d])]
-    if len(spatial_inputs) == 1 and spatial_inputs[0] == len(tensors) - 1 and len(tensors) > 1:
+    last = rec.state(tensors[-1])
+    if spatial_inputs == [len(tensors) - 1] and len(tensors) > 1 and \
+            D.whole_axis(last.dims[d], rec.sizes(last)) is None:
         # tokens put in front of the patch tokens (a ViT's class token): prefix tokens of that dim. No patch
         # token reads them; they reach patch tokens only through a later mixing op (attention), which is global.
-        last = rec.state(tensors[-1])
         dims = list(last.dims)
         k = sum(t.shape[d] for t in tensors[:-1]) + D.prefix(dims[d])
         dims[d] = (("x", -1, k, 1),) + tuple(a for a in dims[d] if a[0] != "x")
@@ -836,21 +838,17 @@ def _addmm(rec, func, args, kwargs, out):
 
 
 def _sdpa(rec, func, args, kwargs, out):
+    """Fused attention (seen when capturing on a real device): each query reads every key and value token."""
     q, k, v = args[:3]
     o = out[0] if isinstance(out, (tuple, list)) else out
     sq = rec.state(q)
+    dims = (tuple(sq.dims[:-1]) + (D.other(o.shape[-1]),)) if sq is not None else tuple(D.other(s) for s in o.shape)
     states, reads = [], []
     for t in (q, k, v):
         st = rec.state(t)
-        if st is None:
-            continue
-        r = rec.identity_reads(st)
-        if t is not q:
-            for ax in D.axes_of(st.dims[-2]):
-                r[ax] = None
-        states.append(st)
-        reads.append(r)
-    dims = (tuple(sq.dims[:-1]) + (D.other(o.shape[-1]),)) if sq is not None else tuple(D.other(s) for s in o.shape)
+        if st is not None:
+            states.append(st)
+            reads.append(rec.identity_reads(st) if t is q else _mix_reads(rec, st, list(st.dims[-2]), dims)[0])
     rec.emit(func, o, states, reads, dims)
 
 
