@@ -298,3 +298,11 @@ def test_concatenating_a_pooled_vector_with_a_map_keeps_the_map():
 
     layer = rflens.receptive_field(Net(), 8).layer("")
     assert layer.is_global and layer.rf == (3, 3) and layer.output_size == (8, 8)
+
+
+def test_pooled_maps_are_listed_and_flattened_vectors_are_not():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    result = rflens.receptive_field(model, 16)
+    pooled = result.layer("1")
+    assert pooled.is_global and pooled.rf == (None, None) and pooled.output_size == (1, 1)
+    assert [layer.name for layer in result.layers] == ["0", "1"]

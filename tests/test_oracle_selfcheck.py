@@ -380,8 +380,9 @@ def test_tfslim_mobilenet_v1():
 
 def test_tfslim_resnet_v1_50_2d():
     lin = linearise(tfslim.resnet_v1(50, width=1 / 64))
-    # 544 = 17 * 32 (multiple of 4: pool1 pads 0 before); central units 8, 9 read [17, 499] and [49, 531]
-    assert _rf(oracle_rf(lin, (1, 3, 544, 544), "features.block4")) == [RESNET_V1[50]] * 2
+    # 576 = 18 * 32 (a multiple of 4: pool1 pads 0 before); the central units 8, 9 of the 18 read [17, 499]
+    # and [49, 531], inside the image (fast path of the oracle: one batched backward)
+    assert _rf(oracle_rf(lin, (1, 3, 576, 576), "features.block4")) == [RESNET_V1[50]] * 2
 
 
 @pytest.mark.parametrize("depth", [50, 101, 152, 200])

@@ -83,7 +83,7 @@ class _Recorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         try:
-            fast = _META_SHORTCUTS.get(func) if _on_meta(args[0]) else None
+            fast = _META_SHORTCUTS.get(func) if args and _on_meta(args[0]) else None
             out = fast(*args) if fast is not None else None
             if out is None:
                 out = func(*args, **kwargs)

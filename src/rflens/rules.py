@@ -55,8 +55,8 @@ class State:
         return any(a[0] == "s" for d in self.dims for a in d)
 
     def is_map(self) -> bool:
-        """Spatial dims are still there, if only as a globally pooled 1x1 map."""
-        return any(a[0] in "sr" for d in self.dims for a in d)
+        """Spatial dims are still there, if only as a globally pooled 1x1 map (not once flattened away)."""
+        return self.has_spatial() or any(D.reduced_axis(d) is not None for d in self.dims)
 
 
 # ---------------------------------------------------------------------------------------------------------
