@@ -49,7 +49,7 @@ def check_supports(model: nn.Module, input_shape: tuple[int, ...], names: list[s
                                      f"vs oracle {np.argwhere(truth).tolist()[:12]}")
 
 
-@settings(max_examples=60, **SETTINGS)
+@settings(max_examples=250, **SETTINGS)
 @given(arch=architectures())
 def test_exact_support_on_random_architectures(arch):
     note(arch.describe())
@@ -61,7 +61,7 @@ def _enlarged(arch, factor: int) -> tuple[int, ...]:
     return (*arch.input_shape[:2], *(n * factor for n in arch.input_shape[2:]))
 
 
-@settings(max_examples=40, **SETTINGS)
+@settings(max_examples=200, **SETTINGS)
 @given(arch=architectures(allow_upsampling=False), factor=st.sampled_from([3, 4]))
 def test_rf_stride_padding_agree_with_oracle(arch, factor):
     """rflens's numbers do not depend on the input size, so the oracle measures them on an input large enough
