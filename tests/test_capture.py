@@ -306,3 +306,72 @@ def test_pooled_maps_are_listed_and_flattened_vectors_are_not():
     pooled = result.layer("1")
     assert pooled.is_global and pooled.rf == (None, None) and pooled.output_size == (1, 1)
     assert [layer.name for layer in result.layers] == ["0", "1"]
+
+
+class PoolUpsampleGate(nn.Module):
+    """GhostNetV2's DFC attention at a 7x7 map: pool to 3x3, upsample to 7x7, multiply: strides 1 and 2*3/7 meet."""
+
+    def __init__(self, ndim=1):
+        super().__init__()
+        self.conv = [nn.Conv1d, nn.Conv2d][ndim - 1](1, 1, 1)
+
+    def forward(self, x):
+        pool = F.avg_pool1d if x.dim() == 3 else F.avg_pool2d
+        gate = F.interpolate(pool(self.conv(x), 2, 2), size=x.shape[2:], mode="nearest")
+        return x * torch.sigmoid(gate)
+
+
+def test_paths_of_different_strides_give_the_largest_field_over_units():
+    layer = rflens.receptive_field(PoolUpsampleGate(), (7,), in_channels=1).layer("")
+    # unit u reads pixel u and the pooled pair 2*floor(3u/7) .. +1: spans 2, 2, 3, 2, 3, 2, 3
+    assert layer.stride == (None,) and layer.rf == (3,) and layer.padding == (0,) and layer.rf_min == (1,)
+
+
+class RoutedConv(nn.Module):
+    """CondConv's pattern: the kernel is a mixture of experts weighted by a routing of the pooled input."""
+
+    def __init__(self):
+        super().__init__()
+        self.experts = nn.Parameter(torch.randn(3, 2, 1, 3, 3))
+        self.route = nn.Linear(1, 3)
+
+    def forward(self, x):
+        weights = torch.sigmoid(self.route(x.mean((2, 3))))[0]
+        return F.conv2d(x, (weights[:, None, None, None, None] * self.experts).sum(0), padding=1)
+
+
+def test_convolution_with_weights_from_pooled_features_is_global():
+    layer = rflens.receptive_field(RoutedConv(), (9, 9), in_channels=1).layer("")
+    assert layer.is_global and layer.rf == (3, 3) and layer.padding == (1, 1)
+
+
+class PooledQueries(nn.Module):
+    """Attention of every query of a 2x pooled map over all keys of the full map (MViT's pooled attention)."""
+
+    def forward(self, x):
+        q = F.max_pool2d(x, 2).flatten(2).transpose(1, 2)
+        k = x.flatten(2)
+        out = (q @ k).softmax(-1) @ k.transpose(1, 2)
+        return out.transpose(1, 2).reshape(1, x.shape[1], x.shape[2] // 2, x.shape[3] // 2)
+
+
+class PooledWindowQueries(nn.Module):
+    """Pooled queries against the keys of their window only (Hiera's mask units): windows at two resolutions."""
+
+    def forward(self, x):
+        def windows(t, w):
+            c, h, wd = t.shape[1:]
+            return t.view(1, c, h // w, w, wd // w, w).permute(0, 2, 4, 3, 5, 1).reshape(-1, w * w, c)
+
+        q, k = windows(F.max_pool2d(x, 2), 2), windows(x, 4)
+        return (q @ k.transpose(1, 2)).softmax(-1) @ k
+
+
+def test_attention_over_a_whole_map_at_another_resolution_is_global():
+    layer = rflens.receptive_field(nn.Sequential(nn.Conv2d(1, 2, 1), PooledQueries()), 8).layer("1")
+    assert layer.is_global and layer.rf == (2, 2) and layer.stride == (2, 2) and layer.output_size == (4, 4)
+
+
+def test_windows_at_two_resolutions_are_refused():
+    with pytest.raises(rflens.UnsupportedOpError, match="different resolutions"):
+        rflens.receptive_field(nn.Sequential(nn.Conv2d(1, 2, 1), PooledWindowQueries()), 8)

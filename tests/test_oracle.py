@@ -137,3 +137,9 @@ def test_global_pooling_branch_supports_match_oracle():
     check_supports(ASPPish(), (1, 1, 9, 11), ["local", "pool", "head"])
     result = rflens.receptive_field(ASPPish(), (9, 11))
     assert result.layer("head").is_global and result.layer("head").rf == (5, 5)
+
+
+def test_paths_of_different_strides_supports_match_oracle():
+    from test_capture import PoolUpsampleGate
+
+    check_supports(PoolUpsampleGate(ndim=2), (1, 1, 7, 9), [""])

@@ -2,7 +2,6 @@
 
 from rflens.errors import (
     CaptureError,
-    GeometryError,
     InputTooSmallError,
     MetaDeviceError,
     ModelSourceError,
@@ -15,6 +14,6 @@ from rflens.rf import LayerRF, ReceptiveFields, receptive_field
 __version__ = "0.1.0"
 
 __all__ = [
-    "CaptureError", "GeometryError", "InputTooSmallError", "LayerRF", "MetaDeviceError", "ModelSourceError",
+    "CaptureError", "InputTooSmallError", "LayerRF", "MetaDeviceError", "ModelSourceError",
     "ReceptiveFields", "RflensError", "UnsupportedOpError", "WeightsError", "receptive_field",
 ]

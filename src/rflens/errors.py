@@ -37,6 +37,3 @@ class InputTooSmallError(CaptureError):
 class MetaDeviceError(CaptureError):
     """The model cannot run on the meta device (data-dependent Python, ``.item()``, ``nonzero``...)."""
 
-
-class GeometryError(RflensError):
-    """The receptive field is not well defined (e.g. paths with different strides meet)."""

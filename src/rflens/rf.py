@@ -6,7 +6,8 @@ Per node and axis, the *field* is the pair of index maps ``lo(u), hi(u)``: outpu
 ``padding`` = ``-lo(0)``, so unit u covers ``[u*stride - padding, u*stride - padding + rf - 1]`` (exactly
 when the stride is an integer). ``rf_min`` is Richter & Pal's smallest receptive field over all paths.
 ``global`` marks dependence on a whole axis through a global op (spatial mean, attention, GroupNorm...);
-``rf`` and ``rf_min`` then describe the local paths, or are ``None`` when there is none.
+``rf`` and ``rf_min`` then describe the local paths, or are ``None`` when there is none. Where paths of
+different strides meet, ``stride`` is ``None`` and ``rf`` is the largest field over the real units.
 :func:`support` gives the exact set of input pixels that can influence one concrete unit, clipped to the
 image and following padding modes (circular padding wraps), interpolation taps and every path.
 """
@@ -22,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from rflens.errors import GeometryError
 from rflens.geometry import IDENTITY, QuasiAffine, pointwise
 from rflens.graph import Graph, Node
 
@@ -31,16 +31,32 @@ Path = tuple[QuasiAffine, QuasiAffine]
 
 @dataclass(frozen=True)
 class AxisField:
-    lo: QuasiAffine | None  # None: no local path reaches this axis (only global dependence)
-    hi: QuasiAffine | None
+    """Unit u covers ``lo(u) .. hi(u)``: the envelope of ``parts``, one (lo, hi) pair per effective stride.
+    Paths of one stride merge into one pair; different strides meet only in unusual graphs (a 7x7 map pooled
+    to 3x3 and upsampled back to 7x7), where the field changes from unit to unit."""
+
+    parts: tuple[Path, ...]  # empty: no local path reaches this axis (only global dependence)
     paths: tuple[Path, ...]  # the paths that can still turn out smallest (for rf_min)
     is_global: bool
 
-    def span(self) -> int | None:
-        if self.lo is None:
+    def lo(self, u: int) -> int:
+        return min(lo(u) for lo, _ in self.parts)
+
+    def hi(self, u: int) -> int:
+        return max(hi(u) for _, hi in self.parts)
+
+    @property
+    def stride(self) -> Fraction | None:
+        """The effective stride, or None where paths of different strides meet."""
+        return self.parts[0][0].slope if len(self.parts) == 1 else None
+
+    def span(self, n_units: int) -> int | None:
+        """Largest field over the units: over one period when there is one stride, else over the real units."""
+        if not self.parts:
             return None
-        period = math.lcm(self.lo.period, self.hi.period)
-        return max(self.hi(u) - self.lo(u) + 1 for u in range(period))
+        units = range(math.lcm(*(f.period for part in self.parts for f in part))) if len(self.parts) == 1 \
+            else range(n_units)
+        return max(self.hi(u) - self.lo(u) + 1 for u in units)
 
     def min_span(self) -> int | None:
         if not self.paths:
@@ -48,7 +64,7 @@ class AxisField:
         return min(max(hi(u) - lo(u) + 1 for u in range(math.lcm(lo.period, hi.period))) for lo, hi in self.paths)
 
 
-INPUT_FIELD = AxisField(IDENTITY, IDENTITY, ((IDENTITY, IDENTITY),), False)
+INPUT_FIELD = AxisField(((IDENTITY, IDENTITY),), ((IDENTITY, IDENTITY),), False)
 
 
 def _prune(paths: list[Path]) -> tuple[Path, ...]:
@@ -103,22 +119,17 @@ def _axis_field(graph: Graph, node: Node, fields: list, axis: int) -> AxisField:
         if read is None:
             is_global = True
             continue
-        if f.lo is None:
-            continue
         rlo, rhi = read.maps()
-        parts.append((f.lo.compose(rlo), f.hi.compose(rhi)))
+        parts += [(lo.compose(rlo), hi.compose(rhi)) for lo, hi in f.parts]
         paths += [(lo.compose(rlo), hi.compose(rhi)) for lo, hi in f.paths]
     if not parts:
-        return AxisField(None, None, (), True)
-    slopes = {lo.slope for lo, _ in parts}
-    if len(slopes) > 1:
-        where = f"module '{node.module}'" if node.module else "the top-level forward"
-        raise GeometryError(
-            f"paths with effective strides {sorted(str(s) for s in slopes)} meet at aten.{node.op} in {where} "
-            f"along axis {axis}: the receptive field changes from unit to unit; use support() for one unit")
-    lo = pointwise([p[0] for p in parts], min)
-    hi = pointwise([p[1] for p in parts], max)
-    return AxisField(lo, hi, _prune(paths), is_global)
+        return AxisField((), (), True)
+    by_stride: dict[Fraction, list[Path]] = {}
+    for part in parts:
+        by_stride.setdefault(part[0].slope, []).append(part)
+    merged = tuple((pointwise([p[0] for p in group], min), pointwise([p[1] for p in group], max))
+                   for _, group in sorted(by_stride.items()))
+    return AxisField(merged, _prune(paths), is_global)
 
 
 def _exact(x: Fraction) -> int | Fraction:
@@ -154,10 +165,10 @@ def _json_number(x: int | Fraction | None) -> int | str | None:
 def _layer(name: str, op: str, node: Node, fields: tuple[AxisField, ...]) -> LayerRF:
     return LayerRF(
         name=name, op=op, output_size=node.sizes,
-        rf=tuple(f.span() for f in fields),
+        rf=tuple(f.span(n) for f, n in zip(fields, node.sizes, strict=True)),
         rf_min=tuple(f.min_span() for f in fields),
-        stride=tuple(_exact(f.lo.slope) if f.lo is not None else None for f in fields),
-        padding=tuple(-f.lo(0) if f.lo is not None else None for f in fields),
+        stride=tuple(_exact(f.stride) if f.stride is not None else None for f in fields),
+        padding=tuple(-f.lo(0) if f.parts else None for f in fields),
         is_global=any(f.is_global for f in fields),
         node=node.id,
     )

@@ -109,6 +109,25 @@ def _mix_reads(rec: Any, st: State, mixed: Sequence[D.Atom], out_dims: Sequence[
     return reads, tuple(D.merge_adjacent(d) for d in out_dims), changed, is_global
 
 
+def _same_resolution(rec: Any, func: Any, states: Sequence[State], mixed: Sequence[Sequence[D.Atom]] = ()) -> None:
+    """Atoms describe factors of an axis at their node's resolution, so an op may line up tensors whose dims
+    hold one axis only at one resolution (a size-1 axis broadcasts). An operand that is mixed over a whole axis
+    (``mixed[i]``: its atoms combined into every output element) is read globally whatever its resolution.
+    Anything else is refused, never guessed."""
+    for axis in range(rec.graph.ndim):
+        sizes = set()
+        for i, st in enumerate(states):
+            held = [a for d in st.dims for a in d if a[0] == "s" and a[1] == axis]
+            whole = i < len(mixed) and held and all(a in mixed[i] for a in held) and \
+                np.prod([a[2] for a in held]) == rec.sizes(st)[axis]
+            if held and not whole:
+                sizes.add(rec.sizes(st)[axis])
+        sizes -= {1}
+        if len(sizes) > 1:
+            raise rec.unsupported(func, f"it combines spatial axis {axis} at different resolutions "
+                                        f"({sorted(sizes)} units)")
+
+
 def _hidden_after(st: State, dims: Sequence[tuple], extra: frozenset[int] = frozenset()) -> frozenset[int]:
     """Size-1 axes that no dim holds any more stay known as hidden (not reduced)."""
     held = set().union(*(D.axes_of(d) for d in dims)) if dims else set()
@@ -117,9 +136,10 @@ def _hidden_after(st: State, dims: Sequence[tuple], extra: frozenset[int] = froz
 
 
 def _spatial_op(rec: Any, func: Any, x: torch.Tensor, out: torch.Tensor, per_dim: dict[int, AxisRead],
-                new_dims: dict[int, tuple] | None = None) -> None:
+                new_dims: dict[int, tuple] | None = None, pooled: Sequence[State] = ()) -> None:
     """A new node for an op acting on some dims of ``x``: ``per_dim`` maps a dim of ``x`` to the geometry along
-    it (``None``: mixes it whole). Other dims keep their atoms unless ``new_dims`` replaces them."""
+    it (``None``: mixes it whole). Other dims keep their atoms unless ``new_dims`` replaces them. ``pooled``:
+    further inputs that hold no spatial axis (weights computed from pooled features), read globally."""
     st = rec.state(x)
     sizes = rec.sizes(st)
     dims = list(st.dims)
@@ -150,7 +170,8 @@ def _spatial_op(rec: Any, func: Any, x: torch.Tensor, out: torch.Tensor, per_dim
         dims[d] = atoms
     reads, dims, _, _ = _mix_reads(rec, st, mixed, dims)
     reads = [window.get(a, r) for a, r in enumerate(reads)]
-    rec.emit(func, out, [st], [reads], dims, _hidden_after(st, dims))
+    rec.emit(func, out, [st, *pooled], [reads, *(rec.identity_reads(p) for p in pooled)], dims,
+             _hidden_after(st, dims))
 
 
 def _ints(v: Any, n: int, default: int | None = None) -> list[int]:
@@ -165,8 +186,9 @@ def _ints(v: Any, n: int, default: int | None = None) -> list[int]:
 @rule(aten.convolution)
 def _conv(rec, func, args, kwargs, out):
     x, w, _bias, stride, padding, dilation, transposed, output_padding, _groups = args[:9]
-    if rec.state(w) is not None:
-        raise rec.unsupported(func, "convolution weights computed from the input (dynamic convolution)")
+    weights = [rec.state(t) for t in (w, _bias) if rec.state(t) is not None]  # CondConv: routed by pooled features
+    if any(st.has_spatial() for st in weights):
+        raise rec.unsupported(func, "convolution weights that vary with the position in the input")
     nsp = x.dim() - 2
     k = list(w.shape[2:])
     stride, padding, dilation = _ints(stride, nsp), _ints(padding, nsp), _ints(dilation, nsp)
@@ -181,7 +203,7 @@ def _conv(rec, func, args, kwargs, out):
             per_dim[2 + i] = Transposed(k[i], stride[i], padding[i], dilation[i], output_padding[i])
         else:
             per_dim[2 + i] = Window(k[i], stride[i], padding[i], padding[i], dilation[i])
-    _spatial_op(rec, func, x, out, per_dim, {1: D.other(out.shape[1])})
+    _spatial_op(rec, func, x, out, per_dim, {1: D.other(out.shape[1])}, pooled=weights)
 
 
 def _pool(rec, func, x, out, kernel, stride, padding, dilation, ceil_mode, nsp):
@@ -616,6 +638,7 @@ def write_through(rec, func, view):
         raise rec.unsupported(func, "an in-place write into a view that selects part of a spatial axis (rflens "
                                     "cannot follow the aliasing)")
     inputs = [vst] if bst is None else [bst, vst]
+    _same_resolution(rec, func, inputs)
     rec.emit(func, base, inputs, [rec.identity_reads(st) for st in inputs], bst.dims if bst else vst.dims,
              vst.hidden if bst is None else bst.hidden | vst.hidden)
 
@@ -632,6 +655,7 @@ def pointwise(rec, func, args, kwargs, out):
     if len(stateful) == 1 and stateful[0][0].shape == out.shape:
         st = stateful[0][1]
         return rec.carry(out, st, st.dims)
+    _same_resolution(rec, func, [st for _, st in stateful])
     nd = out.dim()
     dims: list[tuple | None] = [None] * nd
     for t, st in stateful:
@@ -672,6 +696,8 @@ def _cat(rec, func, args, kwargs, out):
     stack = func.overloadpacket is aten.stack
     stateful = [(t, rec.state(t)) for t in tensors if rec.state(t) is not None]
     st0 = next((st for _, st in stateful if st.has_spatial()), stateful[0][1])
+    if not (not stack and D.whole_axis(st0.dims[d], rec.sizes(st0)) is not None):  # joined along a whole axis:
+        _same_resolution(rec, func, [st for _, st in stateful])                  # pieces may differ in size
     along = set() if stack else set().union(*(D.axes_of(st.dims[d]) for _, st in stateful))
     if not along:  # joined along channels (or a new dim): every unit reads the same unit of each input
         dims = list(st0.dims)
@@ -805,10 +831,11 @@ def _matmul(rec, func, a, b, out):
         mixed_b += D.spatial_atoms(col)
         col = D.other(out.shape[-1])
     dims = tuple(dims) + (row, col)
+    operands = [(st, m) for st, m in ((sa, list(sa.dims[-1]) if sa is not None else []), (sb, mixed_b))
+                if st is not None]
+    _same_resolution(rec, func, [st for st, _ in operands], [m for _, m in operands])
     states, reads, changed, out_dims = [], [], False, None
-    for st, mixed in ((sa, list(sa.dims[-1]) if sa is not None else []), (sb, mixed_b)):
-        if st is None:
-            continue
+    for st, mixed in operands:
         r, odims, ch, _ = _mix_reads(rec, st, mixed, dims)
         if out_dims is not None and odims != out_dims:
             raise rec.unsupported(func, "a matrix product whose operands pool different blocks of a spatial axis")
@@ -842,6 +869,9 @@ def _sdpa(rec, func, args, kwargs, out):
     q, k, v = args[:3]
     o = out[0] if isinstance(out, (tuple, list)) else out
     sq = rec.state(q)
+    operands = [(rec.state(t), [] if t is q else list(rec.state(t).dims[-2])) for t in (q, k, v)
+                if rec.state(t) is not None]
+    _same_resolution(rec, func, [st for st, _ in operands], [m for _, m in operands])
     dims = (tuple(sq.dims[:-1]) + (D.other(o.shape[-1]),)) if sq is not None else tuple(D.other(s) for s in o.shape)
     states, reads = [], []
     for t in (q, k, v):
