@@ -375,3 +375,42 @@ def test_attention_over_a_whole_map_at_another_resolution_is_global():
 def test_windows_at_two_resolutions_are_refused():
     with pytest.raises(rflens.UnsupportedOpError, match="different resolutions"):
         rflens.receptive_field(nn.Sequential(nn.Conv2d(1, 2, 1), PooledWindowQueries()), 8)
+
+
+def test_pointwise_conv_over_token_dims():
+    """MobileViTv2 applies 1x1 convs to (B, C, pixels-in-patch, patches): pointwise, whatever the dims hold."""
+
+    class Patches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Conv2d(2, 2, 1)
+
+        def forward(self, x):
+            b, c, h, w = x.shape
+            p = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c, 4, -1)
+            p = self.proj(p)
+            return p.reshape(b, c, 2, 2, h // 2, w // 2).permute(0, 1, 4, 2, 5, 3).reshape(b, c, h, w)
+
+    layer = rflens.receptive_field(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), Patches()), 8).layer("1")
+    assert layer.rf == (3, 3) and not layer.is_global
+
+
+def test_input_layout_from_timm_pretrained_cfg():
+    model = nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(12, 4, 3))  # space-to-depth stem: first conv sees 12
+    model.pretrained_cfg = {"input_size": (3, 32, 32)}
+    assert rflens.receptive_field(model, 32).layer("1").rf == (6, 6)
+
+
+def test_reducing_the_patches_of_a_split_axis_is_global():
+    """MobileViTv2's separable attention: a context vector summed over patches gates every pixel."""
+
+    class Separable(nn.Module):
+        def forward(self, x):
+            b, c, h, w = x.shape
+            p = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c, 4, -1)
+            context = (p.softmax(-1) * p).sum(-1, keepdim=True)
+            out = p * context.expand_as(p)
+            return out.reshape(b, c, 2, 2, h // 2, w // 2).permute(0, 1, 4, 2, 5, 3).reshape(b, c, h, w)
+
+    layer = rflens.receptive_field(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), Separable()), 8).layer("1")
+    assert layer.is_global and layer.rf == (3, 3)

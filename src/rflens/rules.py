@@ -160,6 +160,8 @@ def _spatial_op(rec: Any, func: Any, x: torch.Tensor, out: torch.Tensor, per_dim
                 dims[d] = D.other(out.shape[d])
             continue
         axis = D.whole_axis(atoms, sizes)
+        if axis is None and geom == IDENTITY_READ and out.shape[d] == x.shape[d]:
+            continue  # a 1x1 window (a pointwise conv over token dims): every unit reads itself
         if axis is None:
             raise rec.unsupported(func, f"a window op over dim {d}, which holds a part or a merge of spatial axes "
                                         f"{sorted(D.axes_of(atoms))}")
@@ -761,6 +763,10 @@ def _mix(rec, func, x, out, mixed: set[int], keepdim: bool):
             dims.append(D.reduced(atoms, rec.sizes(st)))
     atoms = [a for d in sorted(mixed) for a in st.dims[d]]
     reads, dims, changed, _ = _mix_reads(rec, st, atoms, dims)
+    # factors left of an axis that was mixed globally (patches summed, pixels within a patch kept) no longer
+    # mark positions: the result is global along that axis
+    dims = tuple(D.merge_adjacent(tuple(("n", -1, a[2], 1) if a[0] == "s" and reads[a[1]] is None else a for a in d))
+                 for d in dims)
     # a softmax or a norm combines each element itself (local) with statistics of the mixed dims
     inputs, all_reads = ([st, st], [rec.identity_reads(st), reads]) if same_shape else ([st], [reads])
     for o in outs:
