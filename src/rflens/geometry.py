@@ -71,10 +71,6 @@ class QuasiAffine:
         step = self.step * (inner.step * k // self.period)
         return QuasiAffine(period, step, tuple(self(inner(u)) for u in range(period)))
 
-    def on_period(self, period: int) -> tuple[int, ...]:
-        """Values on ``0 .. period - 1`` (period a multiple of self.period)."""
-        return tuple(self(u) for u in range(period))
-
 
 def pointwise(fns: Sequence[QuasiAffine], pick: Callable[..., int]) -> QuasiAffine:
     """Pointwise min or max of maps with the same slope (the union of several paths)."""
@@ -172,9 +168,6 @@ class Transposed:
 
 def _valid(idx: np.ndarray, n: int) -> np.ndarray:
     return np.where((idx >= 0) & (idx < n), idx, -1)
-
-
-PAD_MODES = ("constant", "reflect", "replicate", "circular")
 
 
 @dataclass(frozen=True)

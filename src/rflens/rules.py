@@ -87,7 +87,6 @@ def _mix_reads(rec: Any, st: State, mixed: Sequence[D.Atom], out_dims: Sequence[
     sizes = rec.sizes(st)
     reads = rec.identity_reads(st)
     out_dims = [list(d) for d in out_dims]
-    is_global = False
     for axis in sorted({a[1] for a in mixed if a[0] == "s"}):
         factors = sorted((a for a in mixed if a[0] == "s" and a[1] == axis), key=lambda a: a[3])
         if sizes[axis] == 1:
@@ -98,7 +97,6 @@ def _mix_reads(rec: Any, st: State, mixed: Sequence[D.Atom], out_dims: Sequence[
         kept = [a for d in out_dims for a in d if a[0] == "s" and a[1] == axis]
         if block < 0 or block >= sizes[axis] or not kept:
             reads[axis] = None
-            is_global = True
         elif any(a[3] < block for a in kept):
             reads[axis] = block_mix(block)
         else:
@@ -106,7 +104,7 @@ def _mix_reads(rec: Any, st: State, mixed: Sequence[D.Atom], out_dims: Sequence[
             for d in out_dims:
                 d[:] = [(k, ax, n, inner // block if ax == axis else inner) for k, ax, n, inner in d]
     changed = any(r is not IDENTITY_READ for r in reads)
-    return reads, tuple(D.merge_adjacent(d) for d in out_dims), changed, is_global
+    return reads, tuple(D.merge_adjacent(d) for d in out_dims), changed
 
 
 def _same_resolution(rec: Any, func: Any, states: Sequence[State], mixed: Sequence[Sequence[D.Atom]] = ()) -> None:
@@ -128,11 +126,11 @@ def _same_resolution(rec: Any, func: Any, states: Sequence[State], mixed: Sequen
                                         f"({sorted(sizes)} units)")
 
 
-def _hidden_after(st: State, dims: Sequence[tuple], extra: frozenset[int] = frozenset()) -> frozenset[int]:
+def _hidden_after(st: State, dims: Sequence[tuple]) -> frozenset[int]:
     """Size-1 axes that no dim holds any more stay known as hidden (not reduced)."""
     held = set().union(*(D.axes_of(d) for d in dims)) if dims else set()
     gone = set().union(*(D.axes_of(d) for d in st.dims)) - held
-    return frozenset((st.hidden | extra | gone) - held)
+    return frozenset((st.hidden | gone) - held)
 
 
 def _spatial_op(rec: Any, func: Any, x: torch.Tensor, out: torch.Tensor, per_dim: dict[int, AxisRead],
@@ -170,7 +168,7 @@ def _spatial_op(rec: Any, func: Any, x: torch.Tensor, out: torch.Tensor, per_dim
     for d, atoms in (new_dims or {}).items():
         mixed += [a for a in st.dims[d] if a not in atoms]
         dims[d] = atoms
-    reads, dims, _, _ = _mix_reads(rec, st, mixed, dims)
+    reads, dims, _ = _mix_reads(rec, st, mixed, dims)
     reads = [window.get(a, r) for a, r in enumerate(reads)]
     rec.emit(func, out, [st, *pooled], [reads, *(rec.identity_reads(p) for p in pooled)], dims,
              _hidden_after(st, dims))
@@ -762,7 +760,7 @@ def _mix(rec, func, x, out, mixed: set[int], keepdim: bool):
         elif keepdim:
             dims.append(D.reduced(atoms, rec.sizes(st)))
     atoms = [a for d in sorted(mixed) for a in st.dims[d]]
-    reads, dims, changed, _ = _mix_reads(rec, st, atoms, dims)
+    reads, dims, changed = _mix_reads(rec, st, atoms, dims)
     # factors left of an axis that was mixed globally (patches summed, pixels within a patch kept) no longer
     # mark positions: the result is global along that axis
     dims = tuple(D.merge_adjacent(tuple(("n", -1, a[2], 1) if a[0] == "s" and reads[a[1]] is None else a for a in d))
@@ -842,7 +840,7 @@ def _matmul(rec, func, a, b, out):
     _same_resolution(rec, func, [st for st, _ in operands], [m for _, m in operands])
     states, reads, changed, out_dims = [], [], False, None
     for st, mixed in operands:
-        r, odims, ch, _ = _mix_reads(rec, st, mixed, dims)
+        r, odims, ch = _mix_reads(rec, st, mixed, dims)
         if out_dims is not None and odims != out_dims:
             raise rec.unsupported(func, "a matrix product whose operands pool different blocks of a spatial axis")
         out_dims = odims
