@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torchvision
+from refnets import GoogleTest1, GoogleTest8, dilated, google5, patchgan
 
 import rflens
 
@@ -77,46 +77,11 @@ def test_tf_slim_alexnet_v2():
 
 
 # -- small hand-checkable networks ----------------------------------------------------------------------------
-class GoogleTest1(nn.Module):
-    """(a) 1x1 s4 VALID; (b) pad top/left 1 -> 3x3 s2 VALID -> 1x1 s2 VALID; added."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Conv2d(1, 1, 1, stride=4)
-        self.b1 = nn.Conv2d(1, 1, 3, stride=2)
-        self.b2 = nn.Conv2d(1, 1, 1, stride=2)
-
-    def forward(self, x):
-        return self.a(x) + self.b2(self.b1(F.pad(x, (1, 0, 1, 0))))
-
-
-class GoogleTest8(nn.Module):
-    """Test 1 followed by (a) 1x1 s2; (b) pad top/left 1 -> 3x3 s2 VALID; added."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.first = GoogleTest1()
-        self.a = nn.Conv2d(1, 1, 1, stride=2)
-        self.b = nn.Conv2d(1, 1, 3, stride=2)
-
-    def forward(self, x):
-        y = self.first(x)
-        return self.a(y) + self.b(F.pad(y, (1, 0, 1, 0)))
-
-
-def _patchgan() -> nn.Module:
-    layers, channels = [], 1
-    for stride in (2, 2, 2, 1, 1):
-        layers += [nn.Conv2d(channels, 2, 4, stride=stride, padding=1), nn.LeakyReLU(0.2)]
-        channels = 2
-    return nn.Sequential(*layers)
-
-
 SMALL = {
     "google1": (GoogleTest1, 64, 3, 4, 1),
     "google8": (GoogleTest8, 64, 11, 8, 5),
-    "dilated": (lambda: nn.Sequential(*(nn.Conv2d(1, 1, 3, padding=d, dilation=d) for d in (1, 2, 4))), 32, 15, 1, 7),
-    "patchgan": (_patchgan, 256, 70, 8, 23),
+    "dilated": (dilated, 32, 15, 1, 7),
+    "patchgan": (patchgan, 256, 70, 8, 23),
 }
 
 
@@ -129,8 +94,7 @@ def test_small_networks(name):
 
 
 def test_rectangular_kernels_per_axis():
-    model = nn.Sequential(nn.Conv2d(1, 1, (3, 5), stride=2), nn.Conv2d(1, 1, (3, 1), stride=2))
-    final = rflens.receptive_field(model, (40, 40)).layer("1")
+    final = rflens.receptive_field(google5(), (40, 40)).layer("1")
     assert final.rf == (7, 5) and final.stride == (4, 4) and final.padding == (0, 0)
 
 
