@@ -143,3 +143,13 @@ def test_paths_of_different_strides_supports_match_oracle():
     from test_capture import PoolUpsampleGate
 
     check_supports(PoolUpsampleGate(ndim=2), (1, 1, 7, 9), [""])
+
+
+def test_tf_same_padding_depthwise_and_se_supports_match_oracle():
+    """timm's tf_efficientnet_b0 stem and first stages: dynamic TF-"same" padding (asymmetric at even sizes),
+    depthwise convolutions, squeeze-excitation; at an odd and an even size."""
+    timm = pytest.importorskip("timm")
+    net = timm.create_model("tf_efficientnet_b0")
+    model = nn.Sequential(net.conv_stem, net.bn1, net.blocks[0], net.blocks[1])
+    for size in (33, 40):
+        check_supports(model, (1, 3, size, size), ["0", "2", "3"])
