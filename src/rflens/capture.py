@@ -187,7 +187,7 @@ def _explain(exc: Exception, func: Any, args: tuple, module: str) -> RflensError
         return MetaDeviceError(
             f"{where} cannot run on the meta device ({msg}). The model's forward needs real data "
             "(e.g. .item(), nonzero, tensors created on another device); capture on a real input instead: "
-            "device='cpu' in the API, --capture-device cpu on the command line.")
+            "device='cpu' in the API, --device cpu on the command line.")
     return CaptureError(f"{where} failed: {msg}")
 
 
@@ -285,7 +285,7 @@ def capture(model: torch.nn.Module, input_size: int | Sequence[int], *, in_chann
     except Exception as exc:  # noqa: BLE001 - the model's own Python failed: say where
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         kind = MetaDeviceError if device.type == "meta" and _looks_meta(msg) else CaptureError
-        hint = (" (the forward needs real data: capture on a real input with device='cpu' / --capture-device cpu)"
+        hint = (" (the forward needs real data: capture on a real input with device='cpu' / --device cpu)"
                 if kind is MetaDeviceError else "")
         raise kind(f"model forward failed on input shape {shape} in module '{rec.module}': {msg}{hint}") from exc
     finally:
