@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
@@ -62,12 +61,9 @@ class _Recorder(TorchDispatchMode):
     def emit(self, func: Any, out: torch.Tensor, inputs: Sequence[State], reads: Sequence[Sequence[AxisRead]],
              dims: D.Dims, hidden: frozenset[int] = frozenset()) -> None:
         """A new node whose output is ``out`` with the given dims."""
-        sizes = []
-        for axis in range(self.graph.ndim):
-            factors = [a[2] for d in dims for a in d if a[0] == "s" and a[1] == axis]
-            sizes.append(int(np.prod(factors)) if factors else 1)
+        sizes = tuple(D.axis_size(dims, axis) for axis in range(self.graph.ndim))
         node = self.graph.add(_op_name(func), self.module, tuple(s.node for s in inputs),
-                              tuple(tuple(r) for r in reads), tuple(sizes), tuple(out.shape))
+                              tuple(tuple(r) for r in reads), sizes, tuple(out.shape))
         self.set(out, State(node.id, tuple(dims), hidden))
 
     def unsupported(self, func: Any, detail: str) -> UnsupportedOpError:
@@ -171,8 +167,19 @@ _TOO_SMALL = ("too small", "non-positive", "greater than actual input", "should 
               "smaller than kernel")
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _looks_meta(exc: Exception, msg: str) -> bool:
+    """The failure of a forward that needs real data (``.item()``, ``nonzero``, tensors on another device)."""
+    low = msg.lower()
+    return isinstance(exc, NotImplementedError) or any(s in low for s in ("meta", "data-dependent", "item()"))
+
+
 def _explain(exc: Exception, func: Any, args: tuple, module: str) -> RflensError:
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    msg = _first_line(exc)
     where = f"aten.{_op_name(func)} in module '{module}'"
     low = msg.lower()
     if func.overloadpacket is aten.convolution and len(args) > 8:
@@ -183,7 +190,7 @@ def _explain(exc: Exception, func: Any, args: tuple, module: str) -> RflensError
                                 f"{x.shape[1]} (tensor shape {tuple(x.shape)})")
     if any(pattern in low for pattern in _TOO_SMALL):
         return InputTooSmallError(f"input too small: {where}: {msg}")
-    if isinstance(exc, NotImplementedError) or "meta" in low or "data-dependent" in low:
+    if _looks_meta(exc, msg):
         return MetaDeviceError(
             f"{where} cannot run on the meta device ({msg}). The model's forward needs real data "
             "(e.g. .item(), nonzero, tensors created on another device); capture on a real input instead: "
@@ -283,8 +290,8 @@ def capture(model: torch.nn.Module, input_size: int | Sequence[int], *, in_chann
     except RflensError:
         raise
     except Exception as exc:  # noqa: BLE001 - the model's own Python failed: say where
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        kind = MetaDeviceError if device.type == "meta" and _looks_meta(msg) else CaptureError
+        msg = _first_line(exc)
+        kind = MetaDeviceError if device.type == "meta" and _looks_meta(exc, msg) else CaptureError
         hint = (" (the forward needs real data: capture on a real input with device='cpu' / --device cpu)"
                 if kind is MetaDeviceError else "")
         raise kind(f"model forward failed on input shape {shape} in module '{rec.module}': {msg}{hint}") from exc
@@ -296,8 +303,3 @@ def capture(model: torch.nn.Module, input_size: int | Sequence[int], *, in_chann
     if len(graph.nodes) == 1 and not graph.module_outputs:
         raise CaptureError("the model's output does not depend on its input")
     return graph
-
-
-def _looks_meta(msg: str) -> bool:
-    low = msg.lower()
-    return "meta" in low or "data-dependent" in low or "item()" in low

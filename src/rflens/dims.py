@@ -38,6 +38,11 @@ def size_of(atoms: Sequence[Atom]) -> int:
     return prod + atoms[0][2] if atoms and atoms[0][0] == "x" else prod
 
 
+def axis_size(dims: Dims, axis: int) -> int:
+    """Units along ``axis`` held by these dims: the product of its factors (1 where none is left)."""
+    return math.prod(a[2] for d in dims for a in d if a[0] == "s" and a[1] == axis)
+
+
 def prefix(atoms: Sequence[Atom]) -> int:
     """Number of prefix tokens in front of the dim's other elements."""
     return atoms[0][2] if atoms and atoms[0][0] == "x" else 0

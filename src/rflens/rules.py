@@ -78,6 +78,13 @@ def _norm_dim(d: int, n: int) -> int:
     return d + n if d < 0 else d
 
 
+def _bind(func: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The op's arguments by their schema names."""
+    bound = dict(zip([a.name for a in func._schema.arguments], args, strict=False))
+    bound.update(kwargs)
+    return bound
+
+
 def _mix_reads(rec: Any, st: State, mixed: Sequence[D.Atom], out_dims: Sequence[tuple]):
     """Reads along each axis when an op combines all indices of the ``mixed`` atoms of ``st`` into each output
     element, and the output's dims (``out_dims``, rescaled where a block of units becomes one unit).
@@ -274,8 +281,7 @@ def _interpolate(rec, func, args, kwargs, out):
     name = _op_name(func)
     mode = next(m for prefix, m in _INTERP_MODES.items() if name.startswith(prefix) and name[len(prefix)].isdigit())
     schema = [a.name for a in func._schema.arguments]
-    bound = dict(zip(schema, args, strict=False))
-    bound.update(kwargs)
+    bound = _bind(func, args, kwargs)
     x = bound.get("input", bound.get("self"))
     nsp = int(name[-2])
     first = x.dim() - nsp
@@ -680,7 +686,7 @@ def pointwise(rec, func, args, kwargs, out):
         raise rec.unsupported(func, "it lines up one spatial axis with another dim (e.g. x + x.transpose)")
     present = {axis for axis, _ in factors}
     hidden = frozenset(set().union(*(st.hidden for _, st in stateful)) - present)
-    out_sizes = {a: int(np.prod([x[2] for d in dims for x in d if x[0] == "s" and x[1] == a])) for a in present}
+    out_sizes = {a: D.axis_size(dims, a) for a in present}
     reads = []
     for _, st in stateful:
         sizes = rec.sizes(st)
@@ -778,9 +784,7 @@ def _mix(rec, func, x, out, mixed: set[int], keepdim: bool):
 def _reduce_rule(default_keep: bool = False):
     def fn(rec, func, args, kwargs, out):
         x = args[0]
-        schema = [a.name for a in func._schema.arguments]
-        bound = dict(zip(schema, args, strict=False))
-        bound.update(kwargs)
+        bound = _bind(func, args, kwargs)
         dim = bound.get("dim")
         if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
             mixed = set(range(x.dim()))
