@@ -97,3 +97,67 @@ def test_weights_file_is_loaded(capsys, tmp_path):
 def test_python_dash_m():
     out = subprocess.run([sys.executable, "-m", "rflens", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("rflens ")
+
+
+# -- rflens border ----------------------------------------------------------------------------------------------
+SMALL_VGG = ("import torch.nn as nn\n"
+             "def make(width=4):\n"
+             "    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),\n"
+             "                         nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),\n"
+             "                         nn.Conv2d(width, width, 3, padding=1), nn.Conv2d(width, width, 3, padding=1),\n"
+             "                         nn.MaxPool2d(2), nn.Conv2d(width, width, 3, padding=1))\n")
+
+
+@pytest.fixture
+def small_vgg(tmp_path):
+    path = tmp_path / "vgg.py"
+    path.write_text(SMALL_VGG)
+    return f"{path}:make"
+
+
+def test_border_table_suggestions_and_sweep(capsys, small_vgg, tmp_path):
+    code, out, _ = run(capsys, "border", small_vgg, "--input-size", "24", "--sweep", "20:40:4", "--plot",
+                       str(tmp_path / "b.png"))
+    assert code == 0
+    assert "2 unproductive" in out and "1 critical" in out and "unproductive (r_min)" in out
+    assert "refinements" in out and "stride 1 in '8'" in out
+    assert "resolution sweep" in out and (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_border_json_document(capsys, small_vgg):
+    code, out, _ = run(capsys, "border", small_vgg, "--input-size", "24", "--json", "--sweep", "8:16:8")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["input_size"] == [24, 24] and doc["unproductive"] == ["8", "9"] and doc["critical"] == ["7"]
+    assert set(doc["resolution_range"]) == {"min", "max"} and doc["resolution_range"]["max"] == [46, 46]
+    assert set(doc["waste"]) >= {"flops", "params", "flops_share"}
+    assert {"change", "unproductive_after", "flops_ratio", "params_ratio"} <= set(doc["suggestions"][0])
+    assert [s["input_size"] for s in doc["sweep"]] == [8, 16]
+
+
+def test_border_apply_writes_a_recipe_that_refine_reads(capsys, small_vgg, tmp_path):
+    recipe = tmp_path / "refined.json"
+    code, out, _ = run(capsys, "border", small_vgg, "--input-size", "24", "--apply", "1", "--out", str(recipe))
+    assert code == 0 and "checked on the changed model" in out
+    doc = json.loads(recipe.read_text())
+    assert doc["rflens_recipe"] == 1 and doc["edits"] and doc["unproductive_after"] == []
+    from rflens.sources import load_model
+    from rflens.transforms import load_recipe, refine
+
+    refined = refine(load_model(small_vgg), load_recipe(str(recipe)))
+    from rflens.border import border
+
+    assert border(refined, 24, suggestions=False).unproductive == []
+
+
+def test_border_apply_needs_out_and_a_valid_number(capsys, small_vgg):
+    code, _, err = run(capsys, "border", small_vgg, "--input-size", "24", "--apply", "1")
+    assert code == 2 and "--out" in err
+    code, _, err = run(capsys, "border", small_vgg, "--input-size", "24", "--apply", "99", "--out", "x.json")
+    assert code == 2 and "suggestions" in err
+
+
+def test_border_bad_sweep_is_an_argument_error(capsys, small_vgg):
+    with pytest.raises(SystemExit):
+        main(["border", small_vgg, "--sweep", "40:20"])
+    assert "sweep must look like" in capsys.readouterr().err

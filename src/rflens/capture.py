@@ -10,13 +10,17 @@ An op that touches a spatial dim and has no rule raises :class:`UnsupportedOpErr
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 from torch.utils.weak import WeakIdKeyDictionary
 
 from rflens import dims as D
@@ -27,7 +31,7 @@ from rflens.errors import (
     RflensError,
     UnsupportedOpError,
 )
-from rflens.graph import IDENTITY_READ, AxisRead, Graph
+from rflens.graph import IDENTITY_READ, AxisRead, Graph, Work
 from rflens.rules import RULES, State, _op_name, not_spatial, pad_rule, pointwise, write_through
 
 aten = torch.ops.aten
@@ -75,6 +79,28 @@ class _Recorder(TorchDispatchMode):
         held = set(st.hidden).union(*(D.axes_of(d) for d in st.dims))
         return [IDENTITY_READ if a in held else None for a in range(self.graph.ndim)]
 
+    def count_work(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        """FLOPs of the op by ``torch.utils.flop_counter``'s own formulas, tied to the node of its output."""
+        name = _op_name(func)
+        first = out[0] if isinstance(out, (tuple, list)) else out
+        # a transposed convolution's FLOPs follow its input units, every other op's its output units
+        st = self.state(args[0] if name == "convolution" and args[6] else first)
+        if st is None:
+            return
+        flops = int(flop_registry[func.overloadpacket](*args, **kwargs, out_val=out))
+        axes, whole = _work_axes(st.dims, self.sizes(st))
+        kernel, weight = (), 0
+        if name == "convolution":
+            kernel, weight = tuple(args[1].shape[2:]), args[1].numel()
+            scalable = whole
+        elif name in ("mm", "addmm", "bmm", "baddbmm"):
+            a = args[1] if name in ("addmm", "baddbmm") else args[0]
+            sa = self.state(a)
+            scalable = whole and (sa is None or not D.axes_of(sa.dims[-1]))  # contracts no spatial units
+        else:
+            scalable = False
+        self.graph.work.append(Work(name, self.module, st.node, flops, axes, scalable, kernel, weight))
+
     # -- dispatch -----------------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -98,6 +124,8 @@ class _Recorder(TorchDispatchMode):
         if rule is None:
             rule = not_spatial
         rule(self, func, args, kwargs, out)
+        if func.overloadpacket in flop_registry:
+            self.count_work(func, args, kwargs, out)
         if torch.Tag.inplace in func.tags and out is args[0] and args[0]._base is not None:
             write_through(self, func, args[0])
         first = out[0] if isinstance(out, (tuple, list)) and out else out
@@ -106,6 +134,18 @@ class _Recorder(TorchDispatchMode):
                 f"input too small: aten.{_op_name(func)} in module '{self.module}' gives an empty output "
                 f"{tuple(first.shape)} at input size {self.graph.input_size}")
         return out
+
+
+def _work_axes(dims: D.Dims, sizes: tuple[int, ...]) -> tuple[tuple[int, ...], bool]:
+    """Spatial axes held by each dim (an axis held by two dims, as in a token-by-token product, twice), and
+    whether every dim holds its axes whole (not a Swin window's part of one)."""
+    axes: list[int] = []
+    whole = True
+    for d in dims:
+        for axis in D.axes_of(d):
+            axes.append(axis)
+            whole &= math.prod(a[2] for a in d if a[0] == "s" and a[1] == axis) == sizes[axis]
+    return tuple(sorted(axes)), whole
 
 
 def _on_meta(t: Any) -> bool:
@@ -138,9 +178,15 @@ _META_SHORTCUTS: dict[Any, Callable] = {
 }
 
 
-class _CircularPad(TorchFunctionMode):
-    """``F.pad(mode="circular")`` decomposes into writes into slices of a new tensor, which a dispatch mode
-    cannot follow; record it here as one padding op instead."""
+_SHAPE_GET = torch.Tensor.shape.__get__
+
+
+class _PythonLevel(TorchFunctionMode):
+    """What only the Python level shows. ``F.pad(mode="circular")`` decomposes into writes into slices of a new
+    tensor, which a dispatch mode cannot follow: record it as one padding op. And the model's own code reading
+    the size of a map (``B, C, H, W = x.shape``): what it computes from it (a crop, a padding amount) looks
+    like a constant in the graph, so the graph is marked as one that cannot be carried to other sizes. Reads
+    inside torch functions are not seen here (the mode is off while a function it intercepted runs)."""
 
     def __init__(self, recorder: _Recorder) -> None:
         super().__init__()
@@ -148,6 +194,9 @@ class _CircularPad(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func == _SHAPE_GET or func is torch.Tensor.size or func is torch.Tensor.numel:
+            self._size_read(func, args)
+            return func(*args, **kwargs)
         if getattr(func, "__name__", "") != "pad" or kwargs.get("mode", args[2] if len(args) > 2 else None) \
                 != "circular":
             return func(*args, **kwargs)
@@ -161,6 +210,19 @@ class _CircularPad(TorchFunctionMode):
         if rec.state(x) is not None:
             pad_rule(rec, "pad_circular", x, list(pad), "circular", out)
         return out
+
+    def _size_read(self, func: Any, args: tuple) -> None:
+        rec = self.recorder
+        st = rec.state(args[0]) if args else None
+        if st is None or rec.graph.size_reads:
+            return
+        dims = st.dims
+        if func is torch.Tensor.size and len(args) > 1 and isinstance(args[1], int):
+            dims = (dims[args[1]],) if -len(dims) <= args[1] < len(dims) else ()
+        if any(D.axes_of(d) for d in dims):
+            caller = sys._getframe(2)
+            where = f"module '{rec.module}'" if rec.module else "the top-level forward"
+            rec.graph.size_reads.append(f"{where} ({Path(caller.f_code.co_filename).name}:{caller.f_lineno})")
 
 
 _TOO_SMALL = ("too small", "non-positive", "greater than actual input", "should be less than", "must be less than",
@@ -250,9 +312,13 @@ def capture(model: torch.nn.Module, input_size: int | Sequence[int], *, in_chann
     graph.add("input", "", (), (), input_size, shape)
 
     names = {}
+    seen: set[int] = set()  # tied parameters count once
     for name, m in model.named_modules():
         names.setdefault(id(m), name)
         graph.module_types.setdefault(name, type(m).__name__)
+        own = [p for p in m.parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for p in own)
+        graph.module_params[name] = sum(p.numel() for p in own)
     rec = _Recorder(graph)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
     x = (torch.empty(shape, device=device, dtype=dtype) if device.type == "meta"
@@ -282,10 +348,10 @@ def capture(model: torch.nn.Module, input_size: int | Sequence[int], *, in_chann
             if device.type == "meta":
                 tensors = {n: torch.empty_like(p, device="meta")
                            for n, p in [*model.named_parameters(), *model.named_buffers()]}
-                with torch.device("meta"), _CircularPad(rec), rec:
+                with torch.device("meta"), _PythonLevel(rec), rec:
                     torch.func.functional_call(model, tensors, (x,), strict=False)
             else:
-                with _CircularPad(rec), rec:
+                with _PythonLevel(rec), rec:
                     model(x)
     except RflensError:
         raise

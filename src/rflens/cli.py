@@ -55,7 +55,35 @@ def build_parser() -> argparse.ArgumentParser:
     rf.add_argument("--json", action="store_true", help="print JSON instead of the table")
     rf.add_argument("--out", type=Path, default=None, help="also write the JSON document to this file")
     rf.set_defaults(run=_run_rf)
+
+    b = sub.add_parser("border", help="unproductive layers, feasible input sizes and refinements (Richter & Pal)",
+                       description="Layers whose smallest receptive field already exceeds the input (or whose "
+                                   "input map is no larger than their kernel) cannot add context: find them, "
+                                   "their cost, the input sizes without them, and single-hyperparameter changes "
+                                   "that remove them.")
+    _add_model_args(b)
+    b.add_argument("--all", action="store_true", help="list every layer, not only critical and unproductive ones")
+    b.add_argument("--top", type=int, default=5, help="how many refinements to show (default 5)")
+    b.add_argument("--apply", type=int, default=None, metavar="N",
+                   help="write refinement N as a recipe (needs --out) and check it on the changed model")
+    b.add_argument("--sweep", type=_parse_sweep, default=None, metavar="A:B[:STEP]",
+                   help="also analyse every input size A..B (step STEP), reusing the captured graph")
+    b.add_argument("--plot", type=Path, default=None, help="write the r_min/r_max figure (PNG) to this file")
+    b.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    b.add_argument("--out", type=Path, default=None,
+                   help="with --apply: the recipe file; otherwise: also write the JSON document here")
+    b.set_defaults(run=_run_border)
     return parser
+
+
+def _parse_sweep(text: str) -> range:
+    try:
+        parts = [int(p) for p in text.split(":")]
+        if len(parts) not in (2, 3) or parts[0] < 1 or parts[1] < parts[0] or (len(parts) == 3 and parts[2] < 1):
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sweep must look like 32:1024 or 32:1024:32, got {text!r}") from None
+    return range(parts[0], parts[1] + 1, parts[2] if len(parts) == 3 else 1)
 
 
 def _version() -> str:
@@ -94,6 +122,72 @@ def _run_rf(args: argparse.Namespace, console: Console) -> int:
     else:
         size = "x".join(map(str, result.input_size))
         console.print(rf_table(layers, title=f"{doc['model']} at {size}"), soft_wrap=True)
+    return 0
+
+
+def _run_border(args: argparse.Namespace, console: Console) -> int:
+    from rflens.border import border, classify
+    from rflens.capture import capture
+    from rflens.report.border import layer_table, suggestion_table, summary, sweep_table
+    from rflens.sources import describe, load_model, parse_model_args
+    from rflens.transforms import refine
+
+    if args.apply is not None and args.out is None:
+        raise RflensError("--apply N writes a recipe: give the file with --out")
+    with console.status(f"building {args.model}", spinner="dots"):
+        model = load_model(args.model, model_args=parse_model_args(args.model_arg), weights=args.weights,
+                           seed=args.seed)
+    if args.device != "meta":
+        model = _to_device(model, args.device)
+    with console.status("analysing", spinner="dots"):
+        report = border(model, args.input_size, in_channels=args.in_channels, device=args.device,
+                        model_name=describe(args.model), top=max(args.top, args.apply or 0))
+    doc = report.to_dict()
+    if args.sweep is not None:
+        sweep = report.resolutions.sweep(list(args.sweep))
+        doc["sweep"] = [{"input_size": n, "error": str(r)} if isinstance(r, Exception) else
+                        {"input_size": n, "unproductive": r.unproductive, "critical": r.critical,
+                         "waste": r.waste.to_dict()} for n, r in zip(args.sweep, sweep, strict=True)]
+    if args.plot is not None:
+        report.plot(str(args.plot))
+    if args.apply is not None:
+        if not 1 <= args.apply <= len(report.suggestions):
+            raise RflensError(f"--apply {args.apply}: there are {len(report.suggestions)} suggestions")
+        chosen = report.suggestions[args.apply - 1]
+        recipe = chosen.recipe(describe(args.model))
+        args.out.write_text(json.dumps(recipe, indent=2) + "\n")
+        # the prediction came from the geometry: check it on the changed model itself
+        refined = refine(model, recipe)
+        graph = capture(refined, chosen.input_size, in_channels=args.in_channels, device=args.device)
+        got = [x.name for x in classify(graph) if x.status == "unproductive"]
+        if got != list(chosen.unproductive_after) or graph.flops != chosen.flops:
+            raise RflensError(f"the refined model has unproductive layers {got} and {graph.flops} FLOPs, the "
+                              f"geometry predicted {list(chosen.unproductive_after)} and {chosen.flops}: please "
+                              "report this as a bug")
+        if args.json:
+            print(json.dumps(recipe, indent=2))
+        else:
+            console.print(f"wrote {args.out}: {chosen.change}; checked on the changed model: "
+                          f"{len(got)} unproductive layers, FLOPs x{chosen.flops_ratio:.3f}"
+                          + ("" if chosen.edits else " (the model is unchanged: feed it the new input size)"))
+        return 0
+    if args.out is not None:
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    console.print(summary(report), highlight=False)
+    shown = report.layers if args.all else [x for x in report.layers if x.status != "productive"]
+    if shown:
+        console.print(layer_table(shown), soft_wrap=True)
+    if report.suggestions:
+        console.print(suggestion_table(report), soft_wrap=True)
+    elif report.unproductive:
+        console.print("no single-hyperparameter change found that removes an unproductive layer")
+    if args.sweep is not None:
+        console.print(sweep_table(sweep, list(args.sweep)), soft_wrap=True)
+    if args.plot is not None:
+        console.print(f"wrote {args.plot}")
     return 0
 
 

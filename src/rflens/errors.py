@@ -30,8 +30,22 @@ class UnsupportedOpError(CaptureError):
         super().__init__(f"{msg}: {detail}" if detail else msg)
 
 
-class InputTooSmallError(CaptureError):
+class InputSizeError(CaptureError):
+    """The model cannot run at this input size (a layer's output would be empty, or two paths that meet have
+    different sizes)."""
+
+
+class InputTooSmallError(InputSizeError):
     """The input is so small that some layer's output would be empty."""
+
+
+class NotResizableError(RflensError):
+    """The captured graph cannot be carried to another input size: part of its geometry was computed by Python
+    code from the input size (TF-"same" padding, an interpolation to another tensor's size...)."""
+
+
+class RefineError(RflensError):
+    """A refinement recipe cannot be applied to this model (a stride hard-coded in a functional call...)."""
 
 
 class MetaDeviceError(CaptureError):

@@ -206,11 +206,17 @@ class Pad:
 @dataclass(frozen=True)
 class Resample:
     """Size-changing op whose reads are given by index maps and concrete taps measured elsewhere
-    (upsampling, adaptive pooling, pixel shuffle, roll, broadcasting from one unit)."""
+    (upsampling, adaptive pooling, pixel shuffle, roll, broadcasting from one unit).
+
+    ``rescale(n_in)`` says what the op does on an input of another size: ``(n_out, read)``, where ``n_out`` is
+    ``None`` when the other inputs of the node set the size (broadcasting) and ``read`` may be ``None`` (the op
+    became global). It is ``None`` when the op's output size came from Python code rflens cannot see (an
+    interpolation to an explicit size)."""
 
     lo: QuasiAffine
     hi: QuasiAffine
     concrete: Callable[[int, int], Taps]
+    rescale: Callable[[int], tuple[int | None, Resample | None]] | None = None
 
     def maps(self) -> tuple[QuasiAffine, QuasiAffine]:
         return self.lo, self.hi
@@ -254,6 +260,13 @@ def upsample_maps(mode: str, scale: Fraction, align_corners: bool, n_in: int, n_
 def adaptive_maps(n_in: int, n_out: int) -> tuple[QuasiAffine, QuasiAffine]:
     """Adaptive pooling window i: [floor(i*n_in/n_out), ceil((i+1)*n_in/n_out) - 1]."""
     return QuasiAffine.floor_div(n_in, 0, n_out), QuasiAffine.ceil_div(n_in, n_in, n_out).shifted(-1)
+
+
+def adaptive_read(n_in: int, n_out: int) -> Resample | None:
+    """Adaptive pooling from n_in to n_out units; ``None`` when one window covers the whole axis (global)."""
+    if n_out == 1 and n_in > 1:
+        return None
+    return Resample(*adaptive_maps(n_in, n_out), adaptive_taps, lambda m: (n_out, adaptive_read(m, n_out)))
 
 
 def adaptive_taps(n_in: int, n_out: int) -> Taps:

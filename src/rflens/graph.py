@@ -28,12 +28,32 @@ class Node:
     shape: tuple[int, ...]  # output tensor shape
 
 
+@dataclass(frozen=True)
+class Work:
+    """FLOPs of one aten op, as ``torch.utils.flop_counter`` counts them, and how they follow the input size:
+    proportional to the product of node ``node``'s sizes along ``axes`` (an axis listed twice counts squared, as
+    in a token-by-token product), when ``scalable``; ops that contract over spatial units are not.
+    ``kernel``/``weight``: a convolution's kernel sizes and weight elements, so a kernel change can be costed."""
+
+    op: str
+    module: str
+    node: int
+    flops: int
+    axes: tuple[int, ...]
+    scalable: bool
+    kernel: tuple[int, ...] = ()
+    weight: int = 0
+
+
 @dataclass
 class Graph:
     input_shape: tuple[int, ...]  # (batch, channels, *spatial)
     nodes: list[Node] = field(default_factory=list)
     module_outputs: dict[str, int] = field(default_factory=dict)  # module name -> node of its output
     module_types: dict[str, str] = field(default_factory=dict)  # module name -> class name
+    module_params: dict[str, int] = field(default_factory=dict)  # module name -> its own parameters' elements
+    work: list[Work] = field(default_factory=list)  # FLOPs of every op that has any, in trace order
+    size_reads: list[str] = field(default_factory=list)  # where the model's Python read the size of a map
 
     @property
     def ndim(self) -> int:
@@ -48,6 +68,14 @@ class Graph:
         node = Node(len(self.nodes), op, module, inputs, reads, sizes, shape)
         self.nodes.append(node)
         return node
+
+    @property
+    def flops(self) -> int:
+        return sum(w.flops for w in self.work)
+
+    @property
+    def params(self) -> int:
+        return sum(self.module_params.values())
 
     def module_node(self, name: str) -> Node:
         try:

@@ -97,14 +97,23 @@ def _prune(paths: list[Path]) -> tuple[Path, ...]:
     return tuple(affine.values()) + tuple(kept)
 
 
-def propagate(graph: Graph) -> list[tuple[AxisField, ...]]:
-    """The field of every node along every axis, in node order."""
+def propagate(graph: Graph, known: tuple[Graph, list[tuple[AxisField, ...]]] | None = None
+              ) -> list[tuple[AxisField, ...]]:
+    """The field of every node along every axis, in node order. ``known``: a graph of the same ops (the same
+    model at another input size) and its fields, reused for every node whose reads and inputs are unchanged."""
     fields: list[tuple[AxisField, ...]] = []
+    same: list[bool] = []
     for node in graph.nodes:
         if not node.inputs:
             fields.append((INPUT_FIELD,) * graph.ndim)
+            same.append(True)
+            continue
+        if known is not None and all(same[i] for i in node.inputs) and known[0].nodes[node.id].reads == node.reads:
+            fields.append(known[1][node.id])
+            same.append(True)
             continue
         fields.append(tuple(_axis_field(graph, node, fields, a) for a in range(graph.ndim)))
+        same.append(False)
     return fields
 
 

@@ -8,6 +8,7 @@ arguments and its output. Rules are looked up by overload packet in ``RULES``; p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -24,8 +25,7 @@ from rflens.geometry import (
     Resample,
     Transposed,
     Window,
-    adaptive_maps,
-    adaptive_taps,
+    adaptive_read,
     block_mix,
     upsample_maps,
 )
@@ -38,8 +38,14 @@ def _op_name(func: Any) -> str:
     return func if isinstance(func, str) else str(func.overloadpacket).split(".")[-1]
 
 
+def _broadcast_rescale(n_in: int) -> tuple[None, Resample]:
+    if n_in != 1:
+        raise ValueError(f"broadcasting reads a single unit, but this input has {n_in}")
+    return None, BROADCAST
+
+
 BROADCAST = Resample(QuasiAffine.affine(0, 0), QuasiAffine.affine(0, 0),
-                     lambda n_in, n_out: [np.zeros(n_out, dtype=np.int64)])
+                     lambda n_in, n_out: [np.zeros(n_out, dtype=np.int64)], _broadcast_rescale)
 
 
 @dataclass(frozen=True)
@@ -220,9 +226,15 @@ def _pool(rec, func, x, out, kernel, stride, padding, dilation, ceil_mode, nsp):
     first = x.dim() - nsp
     per_dim = {first + i: Window(kernel[i], stride[i], padding[i], padding[i], dilation[i], bool(ceil_mode))
                for i in range(nsp)}
+    _values_and_indices(rec, func, x, out, per_dim)
+
+
+def _values_and_indices(rec, func, x, out, per_dim):
+    """One node for a pooling's values; its indices (max pooling) are the same units."""
     outs = out if isinstance(out, (tuple, list)) else (out,)
-    for o in outs:  # values and (for max pooling) indices share the geometry
-        _spatial_op(rec, func, x, o, per_dim)
+    _spatial_op(rec, func, x, outs[0], per_dim)
+    for o in outs[1:]:
+        rec.set(o, rec.state(outs[0]))
 
 
 def _max_pool(nsp):
@@ -256,14 +268,8 @@ def _adaptive(rec, func, args, kwargs, out):
     first = x.dim() - nsp
     per_dim: dict[int, AxisRead] = {}
     for i in range(nsp):
-        n_in, n_out = x.shape[first + i], outs[0].shape[first + i]
-        if n_out == 1 and n_in > 1:
-            per_dim[first + i] = None  # one window over the whole axis: a global op
-        else:
-            lo, hi = adaptive_maps(n_in, n_out)
-            per_dim[first + i] = Resample(lo, hi, adaptive_taps)
-    for o in outs:
-        _spatial_op(rec, func, x, o, per_dim)
+        per_dim[first + i] = adaptive_read(x.shape[first + i], outs[0].shape[first + i])
+    _values_and_indices(rec, func, x, out, per_dim)
 
 
 for _name in ("_adaptive_avg_pool2d", "_adaptive_avg_pool3d", "adaptive_max_pool2d", "adaptive_max_pool3d",
@@ -294,14 +300,22 @@ def _interpolate(rec, func, args, kwargs, out):
     per_dim = {}
     for i in range(nsp):
         n_in, n_out = x.shape[first + i], out.shape[first + i]
-        if scales[i] is not None and scales[i] > 0:
-            step = 1 / Fraction(scales[i]).limit_denominator(10_000)
-        else:
-            step = Fraction(n_in, n_out)
-        lo, hi = upsample_maps(mode, step, align, n_in, n_out)
         probe = _InterpolationProbe(func, schema, bound, nsp, i, x.dtype)
-        per_dim[first + i] = Resample(lo, hi, probe)
+        per_dim[first + i] = _interpolation_read(mode, align, scales[i], probe, n_in, n_out)
     _spatial_op(rec, func, x, out, per_dim)
+
+
+def _interpolation_read(mode: str, align: bool, scale: float | None, probe: Any, n_in: int, n_out: int) -> Resample:
+    """One axis of an interpolation. With a scale factor the output size follows the input (PyTorch's
+    ``floor(n * scale)``); an explicit output size came from Python code, so it cannot be followed."""
+    if scale is not None and scale > 0:
+        step = 1 / Fraction(scale).limit_denominator(10_000)
+        rescale = lambda m: (math.floor(m * scale), _interpolation_read(mode, align, scale, probe, m,  # noqa: E731
+                                                                         math.floor(m * scale)))
+    else:
+        step, rescale = Fraction(n_in, n_out), None
+    lo, hi = upsample_maps(mode, step, align, n_in, n_out)
+    return Resample(lo, hi, probe, rescale)
 
 
 @dataclass(frozen=True, eq=False)
@@ -422,9 +436,14 @@ def _col2im(rec, func, args, kwargs, out):
 @rule(aten.pixel_shuffle)
 def _pixel_shuffle(rec, func, args, kwargs, out):
     x, r = args[0], args[1]
-    f = QuasiAffine.floor_div(1, 0, r)
-    geom = Resample(f, f, lambda n_in, n_out: [np.arange(n_out, dtype=np.int64) // r])
+    geom = _shuffle_read(r)
     _spatial_op(rec, func, x, out, {x.dim() - 2: geom, x.dim() - 1: geom}, {x.dim() - 3: D.other(out.shape[-3])})
+
+
+def _shuffle_read(r: int) -> Resample:
+    f = QuasiAffine.floor_div(1, 0, r)
+    return Resample(f, f, lambda n_in, n_out: [np.arange(n_out, dtype=np.int64) // r],
+                    lambda m: (m * r, _shuffle_read(r)))
 
 
 @rule(aten.pixel_unshuffle)
@@ -447,11 +466,16 @@ def _roll(rec, func, args, kwargs, out):
     for shift, d in zip(shifts * (len(dims) if len(shifts) == 1 else 1), dims, strict=True):
         d = _norm_dim(d, x.dim())
         if D.axes_of(st.dims[d]):
-            m = QuasiAffine.affine(1, -shift)
-            per_dim[d] = Resample(m, m, lambda n_in, n_out, s=shift: [np.mod(np.arange(n_out) - s, n_in)])
+            per_dim[d] = _roll_read(shift)
     if not per_dim:
         return rec.carry(out, st, st.dims)
     _spatial_op(rec, func, x, out, per_dim)
+
+
+def _roll_read(shift: int) -> Resample:
+    m = QuasiAffine.affine(1, -shift)
+    return Resample(m, m, lambda n_in, n_out: [np.mod(np.arange(n_out) - shift, n_in)],
+                    lambda n: (n, _roll_read(shift)))
 
 
 @rule(aten.flip)
