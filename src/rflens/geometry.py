@@ -182,6 +182,14 @@ class Pad:
     def output_size(self, n: int) -> int:
         return n + self.left + self.right
 
+    def fits(self, n: int) -> bool:
+        """Whether PyTorch accepts this padding of n units: reflection needs pads < n, wrapping pads <= n."""
+        if self.mode == "reflect":
+            return max(self.left, self.right) < n
+        if self.mode == "circular":
+            return max(self.left, self.right) <= n
+        return True
+
     def maps(self) -> tuple[QuasiAffine, QuasiAffine]:
         m = QuasiAffine.affine(1, -self.left)
         return m, m

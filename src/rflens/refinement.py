@@ -199,23 +199,26 @@ def _stem(graph: Graph, groups: list[list[int]]) -> _Candidate | None:
             if k % 2 != r.kernel % 2:
                 k = k - 1 if k > 1 else k + 1
             k = max(k, min(r.kernel, 3))
-        if r.pad_left == r.pad_right == 0:
-            p = 0
+        if r.pad_left == r.pad_right == 0:  # no padding, or padding done by a separate op (reflect, TF-"same")
+            p = None
         elif r.pad_left == r.pad_right == r.dilation * (r.kernel - 1) // 2:
             p = r.dilation * (k - 1) // 2
         else:
             return None  # asymmetric or unusual padding: no obvious counterpart
-        windows.append(Window(k, s, p, p, r.dilation))
+        windows.append(Window(k, s, p or 0, p or 0, r.dilation))
         kernel.append(k)
         stride.append(s)
         padding.append(p)
+    if None in padding and any(p is not None for p in padding):
+        return None  # padded by the op on some axes only: no obvious counterpart
     if kernel == [r.kernel for r in x.reads[0]]:
         return None  # only the stride changes: that is the "stride" candidate
     old = "x".join(str(r.kernel) for r in x.reads[0])
     return _Candidate(
         f"stem '{x.module}': kernel {old}/{_strides(x)[0]} -> {'x'.join(map(str, kernel))}/{stride[0]}", "stem",
         (SetWindow(x.id, tuple(windows), tuple(kernel)),),
-        ({"module": x.module, "kernel_size": kernel, "stride": stride, "padding": padding},))
+        ({"module": x.module, "kernel_size": kernel, "stride": stride,
+          **({"padding": padding} if None not in padding else {})},))
 
 
 Evaluate = Callable[[_Candidate], Graph]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from rflens.errors import InputSizeError, InputTooSmallError, NotResizableError
-from rflens.geometry import Resample, Window
+from rflens.geometry import Pad, Resample, Window
 from rflens.graph import IDENTITY_READ, Graph, Node, Work
 
 
@@ -58,8 +58,8 @@ def edited(graph: Graph, changes: Sequence[Change]) -> Graph:
             first = tuple(w if w is not None else r for w, r in zip(change.windows, node.reads[0], strict=True))
             nodes[change.node] = replace(node, reads=(first, *node.reads[1:]))
             if change.kernel is not None:
-                for i, w in enumerate(work):
-                    if w.node == change.node and w.op == "convolution":
+                for i, w in enumerate(work):  # the node's own convolution (not one that reads it)
+                    if w.node == change.node and w.op == "convolution" and w.module == node.module and w.kernel:
                         old, new = math.prod(w.kernel), math.prod(change.kernel)
                         weight = w.weight * new // old
                         params[w.module] += weight - w.weight
@@ -140,6 +140,12 @@ def _axis_size(graph: Graph, out: Graph, node: Node, axis: int, reads: list[list
             if n_out is not None:
                 candidates.add(n_out)
         elif read is not None:
+            if isinstance(read, Pad) and not read.fits(n_in):
+                raise InputSizeError(f"the model cannot run at input size {out.input_size}: {_where(node)} pads "
+                                     f"({read.left}, {read.right}) in {read.mode} mode a map of {n_in} units")
+            if node.op == "pixel_unshuffle" and n_in % read.stride:
+                raise InputSizeError(f"the model cannot run at input size {out.input_size}: {_where(node)} needs a "
+                                     f"multiple of {read.stride} units, got {n_in}")
             candidates.add(read.output_size(n_in))
         reads[k][axis] = read
     if len(candidates) > 1:

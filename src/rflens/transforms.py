@@ -47,6 +47,9 @@ def _check(model: nn.Module, edit: Mapping[str, Any]) -> None:
         if key in edit and not hasattr(module, key):
             raise RefineError(f"module '{name}' ({type(module).__name__}) has no '{key}' attribute: its geometry is "
                               "set in its forward code; change it by hand")
+    if "stride" in edit and max(edit["stride"]) > 1 and getattr(module, "padding", None) == "same":
+        raise RefineError(f"module '{name}' uses padding='same', which PyTorch allows only at stride 1: give it "
+                          "explicit padding by hand first")
     if "kernel_size" in edit and not isinstance(module, nn.modules.conv._ConvNd):
         raise RefineError(f"module '{name}' ({type(module).__name__}) is not a convolution: rflens changes kernel "
                           "sizes of convolutions only")
