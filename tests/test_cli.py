@@ -120,7 +120,7 @@ def test_border_table_suggestions_and_sweep(capsys, small_vgg, tmp_path):
                        str(tmp_path / "b.png"))
     assert code == 0
     assert "2 unproductive" in out and "1 critical" in out and "unproductive (r_min)" in out
-    assert "refinements" in out and "stride 1 in '8'" in out
+    assert "refinements" in out and "stride 1 in '5'" in out and "move '5' just before '8'" in out
     assert "resolution sweep" in out and (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -8,21 +8,24 @@ as a fully connected layer). A layer whose ``r_min`` exceeds the resolution but 
 that does not yet see everything is **critical** (the border layer). Layers are the modules that run a
 convolution, a pooling, or a Linear/matmul over the units of a map; their ``r_min`` is that of the op's output.
 
-Per axis, then per layer: unproductive when unproductive along every axis, critical when its ``r_min``
-exceeds the resolution along some axis, productive otherwise. Everything here is pure geometry on a captured
-graph: :class:`Resolutions` carries a graph to any input size without tracing the model again.
+Per axis, then per layer: unproductive when unproductive along every axis, productive when productive along
+every axis (``r_min`` within the resolution, a map larger than the kernel), critical otherwise. A module called
+more than once combines its calls the same way; its numbers are those of its last call. Everything here is
+pure geometry on a captured graph: :class:`Resolutions` carries a graph to any input size without tracing the
+model again.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from rflens.errors import CaptureError, NotResizableError, RflensError
-from rflens.geometry import IDENTITY, Window
-from rflens.graph import Graph
+from rflens.geometry import IDENTITY, Resample, Window
+from rflens.graph import IDENTITY_READ, Graph
 from rflens.resize import mismatch, resized
 from rflens.rf import AxisField, propagate
 
@@ -61,7 +64,8 @@ def _layer_nodes(graph: Graph) -> dict[str, list[tuple[int, bool]]]:
     layers: dict[str, list[tuple[int, bool]]] = {}
     worked = {(w.module, w.node) for w in graph.work}
     for node in graph.nodes[1:]:
-        identity = all(r is not None and r.maps() == (IDENTITY, IDENTITY) for r in node.reads[0])
+        identity = all(r == IDENTITY_READ or isinstance(r, Resample) and r.lo == r.hi == IDENTITY
+                       for r in node.reads[0])
         if node.op.startswith(LAYER_OPS) and not (identity and (node.module, node.id) not in worked):
             layers.setdefault(node.module, []).append((node.id, True))  # (an adaptive pooling n -> n is no layer)
     for w in graph.work:
@@ -95,6 +99,12 @@ def _axis_status(graph: Graph, fields: list[tuple[AxisField, ...]], node_id: int
     return status, reason, r, fields[node_id][axis].span(node.sizes[axis]), r_in, m, kernel
 
 
+def _combined(statuses: Sequence[str]) -> str:
+    """Unproductive if every part is, productive if every part is, else critical."""
+    kinds = set(statuses)
+    return UNPRODUCTIVE if kinds == {UNPRODUCTIVE} else PRODUCTIVE if kinds == {PRODUCTIVE} else CRITICAL
+
+
 def classify(graph: Graph, fields: list[tuple[AxisField, ...]] | None = None) -> list[LayerBorder]:
     """Every layer of ``graph`` at the graph's input size, in the order the layers first run."""
     fields = propagate(graph) if fields is None else fields
@@ -108,24 +118,17 @@ def classify(graph: Graph, fields: list[tuple[AxisField, ...]] | None = None) ->
             per_axis = [_axis_status(graph, fields, node_id, own, a) for a in range(graph.ndim)]
             if all(p[2] is None for p in per_axis):
                 continue  # reads only pooled (global) features: not a layer of the map
-            statuses = [p[0] for p in per_axis]
-            if all(s == UNPRODUCTIVE for s in statuses):
-                status = UNPRODUCTIVE
-            elif any(s != PRODUCTIVE for s in statuses):
-                status = CRITICAL
-            else:
-                status = PRODUCTIVE
-            rows.append((node_id, status, per_axis))
+            rows.append((node_id, _combined([p[0] for p in per_axis]), per_axis))
         if not rows:
             continue
-        node_id, _, per_axis = rows[-1]
-        kinds = {r[1] for r in rows}
-        status = UNPRODUCTIVE if kinds == {UNPRODUCTIVE} else CRITICAL if kinds != {PRODUCTIVE} else PRODUCTIVE
+        node_id, _, per_axis = rows[-1]  # numbers of the last call; statuses over every call
+        status = _combined([r[1] for r in rows])
+        axis_status = tuple(_combined([r[2][a][0] for r in rows]) for a in range(graph.ndim))
         reasons = {p[1] for p in per_axis if p[1]}
         kernel = tuple(p[6] for p in per_axis) if all(p[6] is not None for p in per_axis) else None
         out.append(LayerBorder(
             name=name, op=graph.nodes[node_id].op, node=node_id, status=status,
-            axis_status=tuple(p[0] for p in per_axis),
+            axis_status=axis_status,
             reason=("kernel" if "kernel" in reasons else "r_min") if status == UNPRODUCTIVE else None,
             rf_min=tuple(p[2] for p in per_axis), rf_max=tuple(p[3] for p in per_axis),
             input_rf_min=tuple(p[4] for p in per_axis), input_size=tuple(p[5] for p in per_axis),
@@ -277,18 +280,38 @@ class Resolutions:
                 out.append(exc)
         return out
 
-    def feasible_range(self, limit: int = 8192) -> ResolutionRange:
+    def feasible_range(self, limit: int | None = None, max_traces: int = 64) -> ResolutionRange:
         """Per axis: the smallest resolution (the same on every axis) with no layer unproductive along that
         axis, and the largest useful one, the largest finite ``r_max`` of any layer (beyond it no unit sees the
-        whole image). The smallest is found by bisection: a layer's ``r_min`` and map sizes only grow with the
-        input, so being free of unproductive layers is monotone; sizes where the model cannot run are
-        stepped over."""
+        whole image). The smallest is found by trying every size upwards (layers may appear with the size, as an
+        adaptive pooling that stops being an identity), from a bound below which a layer whose geometry does
+        not depend on the size is unproductive; sizes where the model cannot run are stepped over. The search
+        stops at ``limit`` (default: four times the larger of the input size and the largest ``r_max``) and, when
+        every size is traced again, after ``max_traces`` sizes: the smallest is then None, with a reason."""
         ndim = self.graph.ndim
         base = self.at(self.graph.input_size)
         largest = tuple(max((x.rf_max[a] for x in base.layers if x.rf_max[a] is not None), default=None)
                         for a in range(ndim))
-        smallest = tuple(self._smallest(a, limit) for a in range(ndim))
-        return ResolutionRange(smallest, largest)
+        if limit is None:
+            limit = 4 * max((*self.graph.input_size, *(r for r in largest if r is not None)))
+        stable = _size_free_nodes(self.graph)
+        smallest, bounds = [], []
+        for a in range(ndim):
+            bound = max((min(x.input_rf_min[a], x.rf_min[a] - 1) for x in base.layers if x.node in stable
+                         and x.input_rf_min[a] is not None and x.rf_min[a] is not None), default=0)
+            bounds.append(max(bound, 0))
+            last = limit if self.resizable else min(limit, bounds[-1] + max_traces)
+            smallest.append(next((n for n in range(bounds[-1] + 1, last + 1) if self._free(n, a)), None))
+        notes = []
+        if not self.resizable and any(bounds):
+            notes.append(f"the smallest input size was searched from {per_axis_text(tuple(b + 1 for b in bounds))}"
+                         " up: below it a layer is unproductive as long as the model's geometry keeps its receptive "
+                         "fields, which this model's size-dependent code is assumed to do")
+        if None in smallest:
+            notes.append(f"no input size up to {limit} is free of unproductive layers" if self.resizable else
+                         f"none of the {max_traces} input sizes traced upwards is free of unproductive layers")
+        assumed = "; ".join(notes)
+        return ResolutionRange(tuple(smallest), largest, assumed or None)
 
     def _free(self, n: int, axis: int) -> bool | None:
         """No layer unproductive along ``axis`` at size n (None: the model cannot run at n)."""
@@ -298,34 +321,21 @@ class Resolutions:
             return None
         return all(x.axis_status[axis] != UNPRODUCTIVE for x in report.layers)
 
-    def _runs_near(self, n: int, axis: int, last: int) -> tuple[int, bool] | None:
-        """The first size in n..last where the model runs, and whether it is free there."""
-        for m in range(n, last + 1):
-            free = self._free(m, axis)
-            if free is not None:
-                return m, free
-        return None
 
-    def _smallest(self, axis: int, limit: int) -> int | None:
-        lo, n = 0, 1  # lo: largest size known not free (0: none)
-        while True:  # double until a free size turns up
-            hit = self._runs_near(n, axis, limit)
-            if hit is None:
-                return None
-            if hit[1]:
-                break
-            lo, n = hit[0], 2 * hit[0]
-        answer = bound = hit[0]
-        while bound - lo > 1:  # a smaller free size can only lie in (lo, bound)
-            mid = (lo + bound) // 2
-            hit = self._runs_near(mid, axis, bound - 1)
-            if hit is None:
-                bound = mid  # nothing runs in mid..bound-1
-            elif hit[1]:
-                answer = bound = hit[0]
-            else:
-                lo = hit[0]
-        return answer
+def per_axis_text(values: Sequence[int]) -> str:
+    return str(values[0]) if len(set(values)) == 1 else "x".join(map(str, values))
+
+
+def _size_free_nodes(graph: Graph) -> set[int]:
+    """Nodes whose fields do not change with the input size as far as the graph shows: no read on the way
+    there is a resampling (whose maps may follow the size; broadcasting one unit is none). Padding amounts may
+    change (TF-"same"): they shift a field, never change its size."""
+    free: set[int] = set()
+    for node in graph.nodes:
+        if all(i in free for i in node.inputs) and not any(isinstance(r, Resample) and r.lo.slope != 0
+                                                            for rs in node.reads for r in rs):  # (not broadcasts)
+            free.add(node.id)
+    return free
 
 
 @dataclass(frozen=True)
@@ -334,6 +344,7 @@ class ResolutionRange:
 
     min: tuple[int | None, ...]
     max: tuple[int | None, ...]
+    assumption: str | None = None  # how the smallest size was found when the graph could not be resized
 
     def to_dict(self) -> dict[str, Any]:
         return {"min": list(self.min), "max": list(self.max)}
@@ -371,7 +382,7 @@ class BorderReport:
             "layers": [x.to_dict() for x in self.layers],
         }
 
-    def plot(self, path: str | None = None) -> Any:
+    def plot(self, path: str | os.PathLike | None = None) -> Any:
         """r_min and r_max of every layer against depth, the input resolution as a line (Richter & Pal's
         figure). Returns the matplotlib figure; saved to ``path`` when given."""
         from rflens.report.figures import border_figure
@@ -399,12 +410,15 @@ def border(model: Any, input_size: int | Sequence[int], *, in_channels: int | No
     notes = []
     if res.retrace_reason is not None:
         notes.append(f"traced again at every other size: {res.retrace_reason}")
+    feasible = res.feasible_range()
+    if feasible.assumption:
+        notes.append(feasible.assumption)
     found = []
     if suggestions:
-        evaluate = None
-        if not res.resizable:  # the geometry cannot predict a change: apply it to the model and trace that
-            def evaluate(cand: Any) -> Graph:
+        verify = None
+        if not res.resizable:  # the geometry only estimates a change: apply it to the model and trace that
+            def verify(cand: Any) -> Graph:
                 return trace(graph.input_size, refine(model, {"edits": cand.edits}))
-        found = suggest(res, evaluate, top, lambda edits: applicable(model, edits))
+        found = suggest(res, verify, top, lambda edits: applicable(model, edits))
     return BorderReport(model_name if model_name is not None else type(model).__name__, graph.input_size,
-                        here.layers, here.waste, res.feasible_range(), graph.flops, graph.params, found, notes, res)
+                        here.layers, here.waste, feasible, graph.flops, graph.params, found, notes, res)

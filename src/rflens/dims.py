@@ -93,6 +93,16 @@ def merge_adjacent(atoms: Sequence[Atom]) -> tuple[Atom, ...]:
     return tuple(out)
 
 
+def _ones(seq: Sequence) -> int:
+    """How many leading entries have size 1 (atoms: their size; sizes: themselves)."""
+    n = 0
+    for x in seq:
+        if (x[2] if isinstance(x, tuple) else x) != 1:
+            break
+        n += 1
+    return n
+
+
 def regroup(dims: Dims, new_shape: Sequence[int]) -> Dims:
     """Atoms of each dim after ``view``/``reshape`` to ``new_shape`` (same number of elements)."""
     for i, atoms in enumerate(dims):
@@ -125,8 +135,8 @@ def regroup(dims: Dims, new_shape: Sequence[int]) -> Dims:
             else:
                 raise RegroupError(f"a view regroups spatial factor {atom} across dims of size {tuple(new_shape)}")
         last = j == len(new_shape) - 1
-        if m == 1 and queue and queue[0][2] == 1:  # a size-1 slot takes the next size-1 atom
-            got.append(queue.pop(0))
+        if m == 1 and queue and queue[0][2] == 1 and _ones(queue) >= _ones(new_shape[j:]):
+            got.append(queue.pop(0))  # size-1 atoms fill the last of a run of size-1 slots ([1, 1, 1, C]: not B)
         # size-1 spatial atoms (an axis of size 1) stay with this dim unless the next dim is a size-1 slot
         while queue and queue[0][2] == 1 and (last or new_shape[j + 1] != 1):
             got.append(queue.pop(0))

@@ -152,7 +152,8 @@ def candidates(graph: Graph) -> list[_Candidate]:
     consumers = _consumers(graph)
     for group in groups:
         nodes = [graph.nodes[i] for i in group]
-        names = ", ".join(f"'{n.module}'" for n in nodes)
+        names = ", ".join(f"'{n.module}'" for n in nodes[:3]) + (f" and {len(nodes) - 3} more layers of this "
+                                                                  "downsampling" if len(nodes) > 3 else "")
         out.append(_Candidate(
             f"stride 1 in {names}", "stride", tuple(SetWindow(n.id, _stride_one(n)) for n in nodes),
             tuple({"module": n.module, "stride": [1] * graph.ndim} for n in nodes)))
@@ -221,29 +222,48 @@ def _stem(graph: Graph, groups: list[list[int]]) -> _Candidate | None:
           **({"padding": padding} if None not in padding else {})},))
 
 
-Evaluate = Callable[[_Candidate], Graph]
+Evaluate = Callable[[_Candidate], Graph]  # a candidate -> the changed model's graph
 
 
-def suggest(resolutions: Resolutions, evaluate: Evaluate | None = None, top: int = 5,
+def suggest(resolutions: Resolutions, verify: Evaluate | None = None, top: int = 5,
             applicable: Callable[[Sequence[Edit]], str | None] | None = None) -> list[Suggestion]:
     """Ranked refinements at the analysed input size: fewest unproductive layers left first, then the
     smallest FLOPs ratio, then the smallest parameter ratio. Only changes that remove some unproductive
-    layer are kept. ``evaluate`` turns a candidate into the changed graph (default: the geometry alone);
-    ``applicable`` says why a recipe cannot be applied to the model (None: it can)."""
+    layer are kept. Each candidate is evaluated with the geometry (the edited graph, resized). ``verify``
+    (for graphs that cannot be resized: apply the recipe and trace the changed model) then replaces the
+    estimates of the best candidates, in their order, until ``top`` are confirmed. ``applicable`` says why a
+    recipe cannot be applied to the model (None: it can)."""
     graph = resolutions.graph
     size = graph.input_size
     before = resolutions.at(size)
     if not before.unproductive:
         return []
-    evaluate = evaluate or (lambda c: resized(graph, size, c.changes))
+    n_before = len(before.unproductive)
     found: list[Suggestion] = []
+    unknown: list[_Candidate] = []  # the geometry alone could not evaluate them
+    by_change: dict[str, _Candidate] = {}
     for cand in candidates(graph):
         try:
-            after = evaluate(cand)
+            after = resized(graph, size, cand.changes)
         except RflensError:
+            if verify is not None:
+                unknown.append(cand)
             continue  # the change alone breaks the model (paths that meet no longer match)
-        found.append(_suggestion(cand.change, cand.kind, cand.edits, graph, after, classify(after),
-                                 applicable(cand.edits) if applicable else None))
+        by_change[cand.change] = cand
+        found.append(_suggestion(cand, graph, after, applicable))
+    found = _ranked([s for s in found if len(s.unproductive_after) < n_before])
+    if verify is not None:
+        confirmed: list[Suggestion] = []
+        for cand in [by_change[s.change] for s in found] + unknown:
+            if len(confirmed) == top:
+                break
+            try:
+                s = _suggestion(cand, graph, verify(cand), applicable)
+            except RflensError:
+                continue
+            if len(s.unproductive_after) < n_before:
+                confirmed.append(s)
+        found = confirmed
     try:
         smallest = resolutions.feasible_range().min
     except RflensError:
@@ -251,21 +271,24 @@ def suggest(resolutions: Resolutions, evaluate: Evaluate | None = None, top: int
     if smallest and all(s is not None for s in smallest) and smallest != size:
         new = tuple(max(a, b) for a, b in zip(smallest, size, strict=True))
         report = resolutions.at(new)
-        found.append(_suggestion(f"input size {'x'.join(map(str, new))} instead of {'x'.join(map(str, size))}",
-                                 "resolution", (), graph, report.graph, report.layers, None))
-    n_before = len(before.unproductive)
-    kept = [s for s in found if len(s.unproductive_after) < n_before]
-    kept.sort(key=lambda s: (len(s.unproductive_after), s.flops_ratio, s.params_ratio, s.change))
-    return kept[:top]
+        change = f"input size {'x'.join(map(str, new))} instead of {'x'.join(map(str, size))}"
+        found.append(_suggestion(_Candidate(change, "resolution", (), ()), graph, report.graph, None))
+    return _ranked([s for s in found if len(s.unproductive_after) < n_before])[:top]
 
 
-def _suggestion(change: str, kind: str, edits: tuple[Edit, ...], graph: Graph, after: Graph, layers: list,
-                applicable: str | None) -> Suggestion:
+def _ranked(found: list[Suggestion]) -> list[Suggestion]:
+    return sorted(found, key=lambda s: (len(s.unproductive_after), s.flops_ratio, s.params_ratio, s.change))
+
+
+def _suggestion(cand: _Candidate, graph: Graph, after: Graph,
+                applicable: Callable[[Sequence[Edit]], str | None] | None) -> Suggestion:
+    layers = classify(after)
     return Suggestion(
-        change, kind, edits, after.input_size,
+        cand.change, cand.kind, cand.edits, after.input_size,
         tuple(x.name for x in layers if x.status == UNPRODUCTIVE),
         tuple(x.name for x in layers if x.status == "critical"),
-        after.flops, after.params, _ratio(after.flops, graph.flops), _ratio(after.params, graph.params), applicable)
+        after.flops, after.params, _ratio(after.flops, graph.flops), _ratio(after.params, graph.params),
+        applicable(cand.edits) if applicable and cand.edits else None)
 
 
 def _ratio(a: int, b: int) -> float:

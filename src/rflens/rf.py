@@ -18,7 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
@@ -54,11 +54,19 @@ class AxisField:
         """Largest field over the units: over one period when there is one stride, else over the real units."""
         if not self.parts:
             return None
-        units = range(math.lcm(*(f.period for part in self.parts for f in part))) if len(self.parts) == 1 \
-            else range(n_units)
-        return max(self.hi(u) - self.lo(u) + 1 for u in units)
+        if len(self.parts) == 1:
+            return self._period_span
+        return max(self.hi(u) - self.lo(u) + 1 for u in range(n_units))
+
+    @cached_property
+    def _period_span(self) -> int:
+        return max(self.hi(u) - self.lo(u) + 1 for u in range(math.lcm(*(f.period for f in self.parts[0]))))
 
     def min_span(self) -> int | None:
+        return self._min_span
+
+    @cached_property
+    def _min_span(self) -> int | None:  # fields are reused across input sizes: compute once
         if not self.paths:
             return None
         return min(max(hi(u) - lo(u) + 1 for u in range(math.lcm(lo.period, hi.period))) for lo, hi in self.paths)

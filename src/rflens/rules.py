@@ -651,6 +651,19 @@ for _name in _SAME_SHAPE_OPS:
         RULES[getattr(aten, _name)] = _same
 
 
+@rule(aten.as_strided, aten.as_strided_)
+def _as_strided(rec, func, args, kwargs, out):
+    """A restride that keeps the shape (PyTorch's adaptive pooling of a 1x1 map): the same units, as long as
+    every dim that holds a spatial axis keeps its stride or has one element."""
+    x = args[0]
+    st = rec.state(x)
+    size, stride = list(args[1]), list(args[2])
+    if list(x.shape) != size or any(D.axes_of(d) and n > 1 and s != t
+                                    for d, n, s, t in zip(st.dims, size, stride, x.stride(), strict=True)):
+        raise rec.unsupported(func, "a restride that moves spatial units")
+    rec.carry(out, st, st.dims)
+
+
 @rule(aten.copy_)
 def _copy_(rec, func, args, kwargs, out):
     pointwise(rec, func, (args[1],), {}, out)

@@ -12,12 +12,12 @@ from rflens.report.table import per_axis
 STYLE = {"productive": "", "critical": "yellow", "unproductive": "bold red"}
 
 
-def human(n: float) -> str:
-    """1.23 G, 456 M, 7.8 k."""
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+def human(n: float, unit: str = "") -> str:
+    """1.23 GFLOPs, 456 M, 7.8 k, 0 FLOPs."""
+    for prefix, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n:.3g}"
+            return f"{n / size:.3g} {prefix}{unit}"
+    return f"{n:.3g} {unit}".rstrip()
 
 
 def summary(report: BorderReport) -> str:
@@ -26,8 +26,9 @@ def summary(report: BorderReport) -> str:
     lines = [
         f"[bold]{report.model}[/] at {size}: [bold red]{len(report.unproductive)} unproductive[/], "
         f"[yellow]{len(report.critical)} critical[/] of {len(report.layers)} layers",
-        f"waste: {human(report.waste.flops)}FLOPs ({report.waste.flops_share:.1%} of {human(report.total_flops)}), "
-        f"{human(report.waste.params)} parameters ({report.waste.params_share:.1%})",
+        f"waste: {human(report.waste.flops, 'FLOPs')} ({report.waste.flops_share:.1%} of "
+        f"{human(report.total_flops, 'FLOPs')}), {human(report.waste.params)} parameters "
+        f"({report.waste.params_share:.1%})",
         f"feasible input size: from {per_axis(rng.min)} (no unproductive layer) to {per_axis(rng.max)} "
         "(largest receptive field)",
     ]
