@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 import rflens
-from rflens.border import border
+from rflens.border import border_report
 from rflens.sources import describe, load_model
 
 # (family, spec); None as the spec: the family has no model here, the reason comes from ``unavailable``.
@@ -75,7 +75,7 @@ def analyse(family: str, spec: str, size: int, top: int) -> Row:
             model = load_model(spec)
         row.build_s = time.perf_counter() - start
         start = time.perf_counter()
-        row.report = border(model, size, model_name=describe(spec), top=top)
+        row.report = border_report(model, size, model_name=describe(spec), top=top)
         row.border_s = time.perf_counter() - start
     except Exception as exc:  # noqa: BLE001 - a failing model is reported in its row, not fatal
         row.error = f"{type(exc).__name__}: {exc}"

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import torchvision
 
-from rflens.border import border
+from rflens.border import border_report
 
 IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 
 
 def main() -> None:
     IMG.mkdir(parents=True, exist_ok=True)
-    report = border(torchvision.models.vgg19(weights=None), 224, model_name="torchvision:vgg19")
+    report = border_report(torchvision.models.vgg19(weights=None), 224, model_name="torchvision:vgg19")
     path = IMG / "border_vgg19.png"
     report.plot(path)
     print(f"wrote {path}")

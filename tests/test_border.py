@@ -19,7 +19,7 @@ from oracle import linearise, oracle_rf
 from torch.utils.flop_counter import FlopCounterMode
 
 import rflens
-from rflens.border import Resolutions, border, classify
+from rflens.border import Resolutions, border_report, classify
 from rflens.capture import capture
 from rflens.errors import RefineError, RflensError
 from rflens.transforms import applicable, load_recipe, refine
@@ -50,7 +50,7 @@ def convnext_tiny():
 
 # -- reference values ---------------------------------------------------------------------------------------
 def test_vgg16_r_min_sequence():
-    layers = border(torchvision.models.vgg16(), 224, suggestions=False).layers
+    layers = border_report(torchvision.models.vgg16(), 224, suggestions=False).layers
     features = [x for x in layers if x.name.startswith("features.")]
     assert [x.rf_min[0] for x in features] == reference("torchvision vgg16")["r_min_sequence"]
     assert all(x.op.startswith(("convolution", "max_pool")) for x in features)
@@ -58,7 +58,7 @@ def test_vgg16_r_min_sequence():
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_resnet_largest_receptive_field_is_the_largest_useful_input(name):
-    report = border(getattr(torchvision.models, name)(), 224, suggestions=False)
+    report = border_report(getattr(torchvision.models, name)(), 224, suggestions=False)
     expected = reference(f"torchvision {name}")["r_max_final"]
     assert report.resolution_range.max == (expected, expected)
     assert max(x.rf_max[0] for x in report.layers) == expected
@@ -66,7 +66,7 @@ def test_resnet_largest_receptive_field_is_the_largest_useful_input(name):
 
 
 def test_vgg19_at_224_and_its_refinement(vgg19):
-    report = border(vgg19, 224)
+    report = border_report(vgg19, 224)
     # the layer after the last conv: the last max-pool (r_min 268 > 224, reading r_min 252 >= 224); the last
     # conv itself reads r_min 220 < 224: the border layer. The adaptive average pool is an identity at 224.
     assert report.unproductive == ["features.36"]
@@ -76,11 +76,11 @@ def test_vgg19_at_224_and_its_refinement(vgg19):
     assert last["features.34"].rf_min == (252, 252) and last["features.36"].rf_min == (268, 268)
     assert last["features.34"].input_rf_min == (220, 220)
     # moving a max-pool later by one stage (Richter's E2): last conv r_min 220, nothing unproductive
-    full = border(vgg19, 224, top=50)
+    full = border_report(vgg19, 224, top=50)
     move = next(s for s in full.suggestions if s.edits == ({"module": "features.18", "move_before": "features.27"},))
     assert move.kind == "move" and move.unproductive_after == () and move.applicable is None
     refined = refine(vgg19, move.recipe("vgg19"))
-    after = border(refined, 224, suggestions=False)
+    after = border_report(refined, 224, suggestions=False)
     assert after.unproductive == []
     assert {x.name: x for x in after.layers}["features.34"].rf_min == (220, 220)
     assert [n for n, _ in refined.features.named_children()][18:28] == \
@@ -89,7 +89,7 @@ def test_vgg19_at_224_and_its_refinement(vgg19):
 
 
 def test_convnext_tiny_at_224_and_its_refinement(convnext_tiny):
-    report = border(convnext_tiny, 224, top=50)
+    report = border_report(convnext_tiny, 224, top=50)
     expected = [f"features.7.{i}.block.0" for i in range(3)]  # the stage-4 7x7 depthwise convs on a 7x7 map
     assert report.unproductive == expected
     assert all(x.reason == "kernel" and x.input_size == (7, 7) and x.kernel == (7, 7)
@@ -101,7 +101,7 @@ def test_convnext_tiny_at_224_and_its_refinement(convnext_tiny):
     conv = refined.features[0][0]
     assert conv.kernel_size == (2, 2) and conv.stride == (2, 2) and conv.weight.shape[-2:] == (2, 2)
     assert convnext_tiny.features[0][0].kernel_size == (4, 4)  # the user's model is untouched
-    after = border(refined, 224, suggestions=False)
+    after = border_report(refined, 224, suggestions=False)
     assert after.unproductive == [] and after.total_flops == stem.flops and after.total_params == stem.params
 
 
@@ -109,7 +109,7 @@ def test_convnext_tiny_at_224_and_its_refinement(convnext_tiny):
 def test_dilation_counts():
     """3x3 convs with dilation 4 grow r_min by 8 each: 9, 17, 25, 33 (a tool that ignores dilation says 3..9)."""
     model = nn.Sequential(*[nn.Conv2d(2, 2, 3, padding=4, dilation=4) for _ in range(4)])
-    layers = border(model, 20, suggestions=False).layers
+    layers = border_report(model, 20, suggestions=False).layers
     assert [x.rf_min for x in layers] == [(9, 9), (17, 17), (25, 25), (33, 33)]
     assert [x.status for x in layers] == ["productive", "productive", "critical", "unproductive"]
     truth = oracle_rf(linearise(model), (1, 2, 64, 64), layer="2")
@@ -132,7 +132,7 @@ class FunctionalPool(nn.Module):
 
 def test_functional_pooling_is_seen_and_its_refinement_is_refused_by_name():
     model = FunctionalPool()
-    report = border(model, 8, top=20)
+    report = border_report(model, 8, top=20)
     by_name = {x.name: x for x in report.layers}
     assert by_name[""].op == "max_pool2d_with_indices" and by_name[""].rf_min == (5, 5)
     assert by_name["conv2"].rf_min == (9, 9) and by_name["conv2"].status == "critical"
@@ -217,7 +217,7 @@ def test_flops_are_flop_counter_mode_s():
     model = torchvision.models.resnet18()
     with FlopCounterMode(display=False) as counter:
         model(torch.randn(1, 3, 97, 97))
-    report = border(model, 224, suggestions=False)
+    report = border_report(model, 224, suggestions=False)
     assert report.resolutions.at((97, 97)).graph.flops == counter.get_total_flops()
     assert report.total_params == sum(p.numel() for p in model.parameters())
 
@@ -231,7 +231,7 @@ def small_vgg():
 
 def test_feasible_range_by_brute_force():
     model = small_vgg()
-    report = border(model, 32, suggestions=False)
+    report = border_report(model, 32, suggestions=False)
     free = []
     for n in range(1, 120):
         try:
@@ -246,7 +246,7 @@ def test_feasible_range_by_brute_force():
 
 
 def test_waste_and_json_document():
-    report = border(small_vgg(), 24)
+    report = border_report(small_vgg(), 24)
     doc = json.loads(json.dumps(report.to_dict()))
     assert set(doc) >= {"input_size", "unproductive", "critical", "resolution_range", "waste", "suggestions"}
     assert set(doc["resolution_range"]) == {"min", "max"}
@@ -264,7 +264,7 @@ def test_waste_and_json_document():
 def test_refined_models_confirm_the_prediction(arch):
     model = arch.build()
     size = arch.input_shape[2:]
-    report = border(model, size, in_channels=arch.input_shape[1], top=50)
+    report = border_report(model, size, in_channels=arch.input_shape[1], top=50)
     assume(report.suggestions)
     for s in report.suggestions:
         if s.applicable is not None:

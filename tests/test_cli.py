@@ -145,9 +145,9 @@ def test_border_apply_writes_a_recipe_that_refine_reads(capsys, small_vgg, tmp_p
     from rflens.transforms import load_recipe, refine
 
     refined = refine(load_model(small_vgg), load_recipe(str(recipe)))
-    from rflens.border import border
+    from rflens.border import border_report
 
-    assert border(refined, 24, suggestions=False).unproductive == []
+    assert border_report(refined, 24, suggestions=False).unproductive == []
 
 
 def test_border_apply_needs_out_and_a_valid_number(capsys, small_vgg):
@@ -161,3 +161,23 @@ def test_border_bad_sweep_is_an_argument_error(capsys, small_vgg):
     with pytest.raises(SystemExit):
         main(["border", small_vgg, "--sweep", "40:20"])
     assert "sweep must look like" in capsys.readouterr().err
+
+
+def test_border_apply_refuses_a_suggestion_that_needs_hand_work(capsys, tmp_path):
+    path = tmp_path / "fp.py"
+    path.write_text("import torch.nn as nn, torch.nn.functional as F\n"
+                    "class Net(nn.Module):\n"
+                    "    def __init__(self):\n"
+                    "        super().__init__()\n"
+                    "        self.a, self.b, self.c = (nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1),\n"
+                    "                                  nn.Conv2d(4, 4, 3, padding=1))\n"
+                    "    def forward(self, x):\n"
+                    "        return self.c(self.b(F.max_pool2d(self.a(x), 3, 2, 1)))\n"
+                    "def make():\n"
+                    "    return Net()\n")
+    code, out, _ = run(capsys, "border", f"{path}:make", "--input-size", "8", "--json", "--top", "20")
+    doc = json.loads(out)
+    n = next(i for i, s in enumerate(doc["suggestions"], 1) if s["applicable"])
+    code, _, err = run(capsys, "border", f"{path}:make", "--input-size", "8", "--top", "20", "--apply", str(n),
+                       "--out", str(tmp_path / "r.json"))
+    assert code == 2 and "by hand" in err and "forward code" in err and not (tmp_path / "r.json").exists()

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from matplotlib.figure import Figure
 
-from rflens.border import BorderReport, border
+from rflens.border import BorderReport, border_report
 from rflens.report.figures import border_figure
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -29,7 +29,7 @@ def small_net() -> nn.Sequential:
 
 @pytest.fixture(scope="module")
 def report() -> BorderReport:
-    return border(small_net(), 32, model_name="small", suggestions=False)
+    return border_report(small_net(), 32, model_name="small", suggestions=False)
 
 
 def line(ax, label: str):
@@ -73,7 +73,7 @@ def test_missing_values_are_skipped(report):
 
 
 def test_non_square_input_draws_one_panel_per_axis(tmp_path):
-    report = border(small_net(), (32, 48), model_name="small", suggestions=False)
+    report = border_report(small_net(), (32, 48), model_name="small", suggestions=False)
     fig = report.plot(tmp_path / "b.png")
     assert (tmp_path / "b.png").read_bytes()[:8] == PNG
     assert fig.get_suptitle() == "small at 32x48"

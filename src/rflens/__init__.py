@@ -1,6 +1,6 @@
 """rflens: what your convolutional network can actually see."""
 
-from rflens.border import BorderReport, LayerBorder, Resolutions, border
+from rflens.border import BorderReport, LayerBorder, Resolutions, border_report
 from rflens.errors import (
     CaptureError,
     InputSizeError,
@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BorderReport", "CaptureError", "InputSizeError", "InputTooSmallError", "LayerBorder", "LayerRF",
     "MetaDeviceError", "ModelSourceError", "NotResizableError", "ReceptiveFields", "RefineError", "Resolutions",
-    "RflensError", "UnsupportedOpError", "WeightsError", "border", "receptive_field", "refine",
+    "RflensError", "UnsupportedOpError", "WeightsError", "border_report", "receptive_field", "refine",
 ]
 
 

@@ -194,6 +194,7 @@ class Resolutions:
         self.retrace = retrace
         self.retrace_reason: str | None = None
         self._cache: dict[tuple[int, ...], SizeReport | RflensError] = {}
+        self._range: dict[tuple[int | None, int], ResolutionRange] = {}
         if check:
             self.retrace_reason = self._check()
 
@@ -288,6 +289,11 @@ class Resolutions:
         not depend on the size is unproductive; sizes where the model cannot run are stepped over. The search
         stops at ``limit`` (default: four times the larger of the input size and the largest ``r_max``) and, when
         every size is traced again, after ``max_traces`` sizes: the smallest is then None, with a reason."""
+        if (limit, max_traces) not in self._range:
+            self._range[limit, max_traces] = self._feasible_range(limit, max_traces)
+        return self._range[limit, max_traces]
+
+    def _feasible_range(self, limit: int | None, max_traces: int) -> ResolutionRange:
         ndim = self.graph.ndim
         base = self.at(self.graph.input_size)
         largest = tuple(max((x.rf_max[a] for x in base.layers if x.rf_max[a] is not None), default=None)
@@ -393,8 +399,9 @@ class BorderReport:
         return fig
 
 
-def border(model: Any, input_size: int | Sequence[int], *, in_channels: int | None = None, device: str = "meta",
-           model_name: str | None = None, top: int = 5, suggestions: bool = True) -> BorderReport:
+def border_report(model: Any, input_size: int | Sequence[int], *, in_channels: int | None = None,
+                  device: str = "meta", model_name: str | None = None, top: int = 5,
+                  suggestions: bool = True) -> BorderReport:
     """Unproductive and critical layers of ``model`` (an ``nn.Module``) at ``input_size``, what they cost, the
     feasible input range and the ``top`` refinements (:mod:`rflens.refinement`)."""
     from rflens.capture import capture

@@ -126,7 +126,7 @@ def _run_rf(args: argparse.Namespace, console: Console) -> int:
 
 
 def _run_border(args: argparse.Namespace, console: Console) -> int:
-    from rflens.border import border, classify
+    from rflens.border import border_report, classify
     from rflens.capture import capture
     from rflens.report.border import layer_table, suggestion_table, summary, sweep_table
     from rflens.sources import describe, load_model, parse_model_args
@@ -140,7 +140,7 @@ def _run_border(args: argparse.Namespace, console: Console) -> int:
     if args.device != "meta":
         model = _to_device(model, args.device)
     with console.status("analysing", spinner="dots"):
-        report = border(model, args.input_size, in_channels=args.in_channels, device=args.device,
+        report = border_report(model, args.input_size, in_channels=args.in_channels, device=args.device,
                         model_name=describe(args.model), top=max(args.top, args.apply or 0))
     doc = report.to_dict()
     if args.sweep is not None:
@@ -154,6 +154,9 @@ def _run_border(args: argparse.Namespace, console: Console) -> int:
         if not 1 <= args.apply <= len(report.suggestions):
             raise RflensError(f"--apply {args.apply}: there are {len(report.suggestions)} suggestions")
         chosen = report.suggestions[args.apply - 1]
+        if chosen.applicable is not None:
+            raise RflensError(f"suggestion {args.apply} ({chosen.change}) must be applied by hand: "
+                              f"{chosen.applicable}")
         recipe = chosen.recipe(describe(args.model))
         args.out.write_text(json.dumps(recipe, indent=2) + "\n")
         # the prediction came from the geometry: check it on the changed model itself
