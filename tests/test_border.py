@@ -299,3 +299,73 @@ def test_recipe_errors(tmp_path):
     bad.write_text('{"edits": []}')
     with pytest.raises(RefineError, match="not an rflens recipe"):
         load_recipe(str(bad))
+
+
+# -- the reviewer's cases: each suggestion, applied, does what the geometry said -----------------------------------
+def confirm_all(model, size, in_channels=3):
+    report = border_report(model, size, in_channels=in_channels, top=100)
+    for s in report.suggestions:
+        if s.applicable is None:
+            graph = capture(refine(model, s.recipe()), s.input_size, in_channels=in_channels)
+            layers = classify(graph)
+            assert (tuple(names(layers, "unproductive")), tuple(names(layers, "critical")), graph.flops,
+                    graph.params) == (s.unproductive_after, s.critical_after, s.flops, s.params), s.change
+    return report
+
+
+class TwoStages(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1))
+        self.head = nn.Sequential(*[nn.Conv2d(8, 8, 3, padding=1) for _ in range(3)])
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def test_a_move_stays_inside_its_sequential():
+    report = confirm_all(TwoStages(), 16)
+    move = next(s for s in report.suggestions if s.kind == "move")
+    assert move.edits == ({"module": "features.1", "move_before": None},)
+    assert move.change == "move 'features.1' to the end of 'features'" and move.unproductive_after == ()
+
+
+def test_a_shared_module_changes_at_every_call():
+    pool = nn.MaxPool2d(2)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), pool, nn.Conv2d(8, 8, 3, padding=1),
+                          nn.Conv2d(8, 8, 3, padding=1), pool, *[nn.Conv2d(8, 8, 3, padding=1) for _ in range(3)])
+    report = confirm_all(model, 16)
+    shared = [s for s in report.suggestions if "'1'" in s.change]
+    assert shared and all(s.change.endswith("(every call)") and s.kind == "stride" for s in shared)
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    twice = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), conv, *[nn.Conv2d(8, 8, 3, padding=1) for _ in range(3)],
+                          conv)
+    res = border_report(twice, 16, suggestions=False).resolutions
+    free = [n for n in range(1, 20) if all(x.status != "unproductive" for x in res.at(n).layers)]
+    assert res.feasible_range().min == (free[0], free[0])
+
+
+def test_transposed_convolutions_are_layers_with_their_own_numbers():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.Conv2d(4, 4, 3, 2, 1), nn.Conv2d(4, 4, 3, padding=1),
+                          nn.ConvTranspose2d(4, 4, 4, stride=2, padding=1), nn.Conv2d(4, 4, 3, padding=1))
+    layers = {x.name: x for x in border_report(model, 15, suggestions=False).layers}
+    assert layers["3"].op == "convolution" and layers["3"].calls == 1
+    assert layers["3"].input_rf_min == (15, 15) and layers["3"].rf_min == (19, 19)
+    assert layers["3"].status == "unproductive"
+    confirm_all(model, 15)
+
+
+def test_layers_are_listed_in_execution_order():
+    timm = pytest.importorskip("timm")
+    layers = border_report(timm.create_model("convnext_atto"), 64, suggestions=False).layers
+    block = [x.name for x in layers if x.name.startswith("stages.1.blocks.0.")]
+    assert block == ["stages.1.blocks.0.conv_dw", "stages.1.blocks.0.mlp.fc1", "stages.1.blocks.0.mlp.fc2"]
+
+
+def test_resolutions_needs_a_way_to_check_and_moves_are_validated():
+    with pytest.raises(ValueError, match="retrace"):
+        Resolutions(capture(small_vgg(), 32))
+    assert Resolutions(capture(small_vgg(), 32), check=False).at(40).input_size == (40, 40)
+    for before in ("99", "2"):
+        with pytest.raises(RefineError, match="same nn.Sequential"):
+            refine(small_vgg(), {"edits": [{"module": "2", "move_before": before}]})

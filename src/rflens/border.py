@@ -50,6 +50,7 @@ class LayerBorder:
     kernel: tuple[int, ...] | None  # window extent (dilation included) of a convolution or pooling
     flops: int
     params: int
+    calls: int = 1  # ops of the module classified (a module called twice has two)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "op": self.op, "status": self.status, "axis_status": list(self.axis_status),
@@ -60,18 +61,22 @@ class LayerBorder:
 
 
 def _layer_nodes(graph: Graph) -> dict[str, list[tuple[int, bool]]]:
-    """Module name -> its layer ops: (node of the output, whether the node is the op's own)."""
-    layers: dict[str, list[tuple[int, bool]]] = {}
+    """Module name -> its layer ops: (node of the output, whether the node is the op's own), modules in the
+    order their first op ran."""
+    entries: list[tuple[float, str, int, bool]] = []
     worked = {(w.module, w.node) for w in graph.work}
     for node in graph.nodes[1:]:
         identity = all(r == IDENTITY_READ or isinstance(r, Resample) and r.lo == r.hi == IDENTITY
                        for r in node.reads[0])
         if node.op.startswith(LAYER_OPS) and not (identity and (node.module, node.id) not in worked):
-            layers.setdefault(node.module, []).append((node.id, True))  # (an adaptive pooling n -> n is no layer)
-    for w in graph.work:
-        if w.axes and (w.node, True) not in layers.get(w.module, []) and (w.node, False) not in layers.get(
-                w.module, []):
-            layers.setdefault(w.module, []).append((w.node, False))
+            entries.append((node.id, node.module, node.id, True))  # (an adaptive pooling n -> n is no layer)
+    for w in graph.work:  # a Linear/matmul over a map's units has no node of its own: it runs at its input's
+        if w.axes and w.op != "convolution":
+            entries.append((w.order - 0.5, w.module, w.node, False))
+    layers: dict[str, list[tuple[int, bool]]] = {}
+    for _, module, node_id, own in sorted(entries, key=lambda e: e[0]):
+        if (node_id, own) not in layers.get(module, []):
+            layers.setdefault(module, []).append((node_id, own))
     return layers
 
 
@@ -132,7 +137,7 @@ def classify(graph: Graph, fields: list[tuple[AxisField, ...]] | None = None) ->
             reason=("kernel" if "kernel" in reasons else "r_min") if status == UNPRODUCTIVE else None,
             rf_min=tuple(p[2] for p in per_axis), rf_max=tuple(p[3] for p in per_axis),
             input_rf_min=tuple(p[4] for p in per_axis), input_size=tuple(p[5] for p in per_axis),
-            kernel=kernel, flops=flops.get(name, 0), params=graph.module_params.get(name, 0)))
+            kernel=kernel, flops=flops.get(name, 0), params=graph.module_params.get(name, 0), calls=len(rows)))
     return out
 
 
@@ -158,14 +163,8 @@ def waste(layers: Sequence[LayerBorder], graph: Graph) -> Waste:
                  params / graph.params if graph.params else 0.0)
 
 
-@dataclass(frozen=True)
-class SizeReport:
-    """The border analysis at one input size: the graph there, its layers, and what they waste."""
-
-    input_size: tuple[int, ...]
-    graph: Graph
+class _Statuses:
     layers: list[LayerBorder]
-    waste: Waste
 
     @property
     def unproductive(self) -> list[str]:
@@ -176,6 +175,16 @@ class SizeReport:
         return [x.name for x in self.layers if x.status == CRITICAL]
 
 
+@dataclass(frozen=True)
+class SizeReport(_Statuses):
+    """The border analysis at one input size: the graph there, its layers, and what they waste."""
+
+    input_size: tuple[int, ...]
+    graph: Graph
+    layers: list[LayerBorder]
+    waste: Waste
+
+
 class Resolutions:
     """The border analysis of one model at any input size.
 
@@ -183,8 +192,8 @@ class Resolutions:
     when it shows how every op follows the input size: the model's own Python code never read the size of a
     feature map (what it computes from one looks like a constant in the graph), the size rules reproduce the
     captured sizes, and predictions match real captures at two other sizes. Otherwise (``retrace_reason`` says
-    why) each new size is traced again with ``retrace``; without ``retrace`` it raises
-    :class:`NotResizableError`. ``check=False`` trusts the graph as it is.
+    why) each new size is traced again with ``retrace``. ``check=False`` (no ``retrace`` needed) trusts the
+    graph as it is.
     """
 
     def __init__(self, graph: Graph, retrace: Callable[[tuple[int, ...]], Graph] | None = None,
@@ -195,6 +204,9 @@ class Resolutions:
         self.retrace_reason: str | None = None
         self._cache: dict[tuple[int, ...], SizeReport | RflensError] = {}
         self._range: dict[tuple[int | None, int], ResolutionRange] = {}
+        if check and retrace is None:
+            raise ValueError("Resolutions needs retrace (size -> captured graph) to check the graph, or check=False "
+                             "to trust it as it is")
         if check:
             self.retrace_reason = self._check()
 
@@ -209,13 +221,14 @@ class Resolutions:
             problem = mismatch(resized(self.graph, self.graph.input_size), self.graph)
         except RflensError as exc:
             problem = str(exc)
-        if problem is not None or self.retrace is None:
-            return problem
+        if problem is not None:
+            return f"the graph's size rules do not reproduce the captured sizes: {problem}"
         base = self.graph.input_size
         total = math.prod(r.stride for node in self.graph.nodes for reads in node.reads for r in reads
                           if isinstance(r, Window))
         compared = 0
-        for delta in dict.fromkeys((1, 2, 3, min(total, 512), min(total, 512) + 1)):
+        # n + 1 changes the parity of the first maps (TF-"same" padding), n + total stride every map's size
+        for delta in dict.fromkeys((1, min(total, 512), 2, min(total, 512) + 1, 3)):
             size = tuple(n + delta for n in base)
             try:
                 actual = self.retrace(size)
@@ -251,10 +264,10 @@ class Resolutions:
             raise NotResizableError(self.retrace_reason)
         return self.retrace(size)
 
-    def at(self, size: Sequence[int]) -> SizeReport:
-        """The analysis at ``size``; raises :class:`CaptureError` (:class:`InputSizeError` when predicted from
-        the graph) where the model cannot run."""
-        size = tuple(int(n) for n in size)
+    def at(self, size: int | Sequence[int]) -> SizeReport:
+        """The analysis at ``size`` (an int: the same on every axis); raises :class:`CaptureError`
+        (:class:`InputSizeError` when predicted from the graph) where the model cannot run."""
+        size = (size,) * self.graph.ndim if isinstance(size, int) else tuple(int(n) for n in size)
         hit = self._cache.get(size)
         if hit is None:
             try:
@@ -304,7 +317,7 @@ class Resolutions:
         smallest, bounds = [], []
         for a in range(ndim):
             bound = max((min(x.input_rf_min[a], x.rf_min[a] - 1) for x in base.layers if x.node in stable
-                         and x.input_rf_min[a] is not None and x.rf_min[a] is not None), default=0)
+                         and x.calls == 1 and x.input_rf_min[a] is not None and x.rf_min[a] is not None), default=0)
             bounds.append(max(bound, 0))
             last = limit if self.resizable else min(limit, bounds[-1] + max_traces)
             smallest.append(next((n for n in range(bounds[-1] + 1, last + 1) if self._free(n, a)), None))
@@ -338,8 +351,8 @@ def _size_free_nodes(graph: Graph) -> set[int]:
     change (TF-"same"): they shift a field, never change its size."""
     free: set[int] = set()
     for node in graph.nodes:
-        if all(i in free for i in node.inputs) and not any(isinstance(r, Resample) and r.lo.slope != 0
-                                                            for rs in node.reads for r in rs):  # (not broadcasts)
+        if all(i in free for i in node.inputs) and not any(isinstance(r, Resample) and not r.broadcast
+                                                            for rs in node.reads for r in rs):
             free.add(node.id)
     return free
 
@@ -357,7 +370,7 @@ class ResolutionRange:
 
 
 @dataclass
-class BorderReport:
+class BorderReport(_Statuses):
     """The border analysis of a model at its input size: layers, waste, feasible range, refinements."""
 
     model: str
@@ -370,14 +383,6 @@ class BorderReport:
     suggestions: list[Any] = field(default_factory=list)  # rflens.refinement.Suggestion
     notes: list[str] = field(default_factory=list)
     resolutions: Resolutions | None = field(default=None, repr=False)  # the same model at other input sizes
-
-    @property
-    def unproductive(self) -> list[str]:
-        return [x.name for x in self.layers if x.status == UNPRODUCTIVE]
-
-    @property
-    def critical(self) -> list[str]:
-        return [x.name for x in self.layers if x.status == CRITICAL]
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -99,7 +99,8 @@ class _Recorder(TorchDispatchMode):
             scalable = whole and (sa is None or not D.axes_of(sa.dims[-1]))  # contracts no spatial units
         else:
             scalable = False
-        self.graph.work.append(Work(name, self.module, st.node, flops, axes, scalable, kernel, weight))
+        order = len(self.graph.nodes) - (name == "convolution")  # a convolution's own node was just recorded
+        self.graph.work.append(Work(name, self.module, st.node, flops, axes, scalable, kernel, weight, order))
 
     # -- dispatch -----------------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):

@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "that remove them.")
     _add_model_args(b)
     b.add_argument("--all", action="store_true", help="list every layer, not only critical and unproductive ones")
-    b.add_argument("--top", type=int, default=5, help="how many refinements to show (default 5)")
-    b.add_argument("--apply", type=int, default=None, metavar="N",
+    b.add_argument("--top", type=_positive, default=5, help="how many refinements to show (default 5)")
+    b.add_argument("--apply", type=_positive, default=None, metavar="N",
                    help="write refinement N as a recipe (needs --out) and check it on the changed model")
     b.add_argument("--sweep", type=_parse_sweep, default=None, metavar="A:B[:STEP]",
                    help="also analyse every input size A..B (step STEP), reusing the captured graph")
@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --apply: the recipe file; otherwise: also write the JSON document here")
     b.set_defaults(run=_run_border)
     return parser
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
 
 
 def _parse_sweep(text: str) -> range:
@@ -158,15 +164,17 @@ def _run_border(args: argparse.Namespace, console: Console) -> int:
             raise RflensError(f"suggestion {args.apply} ({chosen.change}) must be applied by hand: "
                               f"{chosen.applicable}")
         recipe = chosen.recipe(describe(args.model))
-        args.out.write_text(json.dumps(recipe, indent=2) + "\n")
-        # the prediction came from the geometry: check it on the changed model itself
+        # the prediction came from the geometry: check it on the changed model itself before writing it
         refined = refine(model, recipe)
         graph = capture(refined, chosen.input_size, in_channels=args.in_channels, device=args.device)
-        got = [x.name for x in classify(graph) if x.status == "unproductive"]
-        if got != list(chosen.unproductive_after) or graph.flops != chosen.flops:
-            raise RflensError(f"the refined model has unproductive layers {got} and {graph.flops} FLOPs, the "
-                              f"geometry predicted {list(chosen.unproductive_after)} and {chosen.flops}: please "
-                              "report this as a bug")
+        layers = classify(graph)
+        got = ([x.name for x in layers if x.status == "unproductive"],
+               [x.name for x in layers if x.status == "critical"], graph.flops, graph.params)
+        want = (list(chosen.unproductive_after), list(chosen.critical_after), chosen.flops, chosen.params)
+        if got != want:
+            raise RflensError(f"the refined model has (unproductive, critical, FLOPs, params) = {got}, the geometry "
+                              f"predicted {want}: please report this as a bug")
+        args.out.write_text(json.dumps(recipe, indent=2) + "\n")
         if args.json:
             print(json.dumps(recipe, indent=2))
         else:

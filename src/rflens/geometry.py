@@ -229,6 +229,11 @@ class Resample:
     def maps(self) -> tuple[QuasiAffine, QuasiAffine]:
         return self.lo, self.hi
 
+    @property
+    def broadcast(self) -> bool:
+        """Every output unit reads the same single unit (a pooled map broadcast back)."""
+        return self.lo.slope == 0
+
     def taps(self, n_in: int, n_out: int) -> Taps:
         return self.concrete(n_in, n_out)
 

@@ -33,7 +33,8 @@ class Work:
     """FLOPs of one aten op, as ``torch.utils.flop_counter`` counts them, and how they follow the input size:
     proportional to the product of node ``node``'s sizes along ``axes`` (an axis listed twice counts squared, as
     in a token-by-token product), when ``scalable``; ops that contract over spatial units are not.
-    ``kernel``/``weight``: a convolution's kernel sizes and weight elements, so a kernel change can be costed."""
+    ``kernel``/``weight``: a convolution's kernel sizes and weight elements, so a kernel change can be costed.
+    ``order``: how many nodes existed when the op ran (its place in execution order)."""
 
     op: str
     module: str
@@ -43,6 +44,7 @@ class Work:
     scalable: bool
     kernel: tuple[int, ...] = ()
     weight: int = 0
+    order: int = 0  # nodes recorded before the op ran: where it sits among the nodes in execution order
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any
 
 from rflens.border import LAYER_OPS, UNPRODUCTIVE, Resolutions, classify
 from rflens.errors import RflensError
-from rflens.geometry import Window
+from rflens.geometry import Resample, Window
 from rflens.graph import Graph, Node
 from rflens.resize import Change, MoveAfter, SetWindow, resized
 
@@ -72,12 +72,8 @@ def _strided(node: Node) -> bool:
 
 def _local_inputs(node: Node) -> list[int]:
     """Inputs read along some axis with a local geometry (not a pooled, broadcast operand)."""
-    return [src for k, src in enumerate(node.inputs) if any(r is not None and not _is_broadcast(r)
-                                                             for r in node.reads[k])]
-
-
-def _is_broadcast(read: Any) -> bool:
-    return not isinstance(read, Window) and hasattr(read, "lo") and read.lo.step == 0
+    return [src for k, src in enumerate(node.inputs)
+            if any(r is not None and not (isinstance(r, Resample) and r.broadcast) for r in node.reads[k])]
 
 
 def downsamplings(graph: Graph) -> list[list[int]]:
@@ -119,13 +115,18 @@ def _consumers(graph: Graph) -> dict[int, list[int]]:
 
 def _stage(graph: Graph, start: int, consumers: dict[int, list[int]]) -> tuple[list[int], int | None]:
     """The straight chain of nodes after ``start`` up to the next downsampling (exclusive), and that
-    downsampling's node (None at the end of the graph or where the chain branches)."""
+    downsampling's node (None where the chain branches, leaves the module that holds ``start``, or reaches an
+    op that is not a window: an upsampling)."""
+    parent = graph.nodes[start].module.rpartition(".")[0]
     chain, cur = [], start
     while True:
         nxt = consumers.get(cur, [])
         if len(nxt) != 1 or len(_local_inputs(graph.nodes[nxt[0]])) != 1:
             return chain, None
         node = graph.nodes[nxt[0]]
+        inside = not parent or node.module.startswith(parent + ".")
+        if not inside or any(r is not None and not isinstance(r, Window) for r in node.reads[0]):
+            return chain, None
         if _strided(node):
             return chain, node.id
         chain.append(node.id)
@@ -150,7 +151,19 @@ def candidates(graph: Graph) -> list[_Candidate]:
     out: list[_Candidate] = []
     groups = downsamplings(graph)
     consumers = _consumers(graph)
+    calls: dict[str, list[Node]] = {}  # a recipe changes a module: every call of it
+    for node in graph.nodes:
+        if node.op.startswith(LAYER_OPS):
+            calls.setdefault(node.module, []).append(node)
     for group in groups:
+        if any(len(calls[graph.nodes[i].module]) > 1 for i in group):
+            modules = list(dict.fromkeys(graph.nodes[i].module for i in group))
+            nodes = [n for m in modules for n in calls[m]]
+            out.append(_Candidate(
+                "stride 1 in " + ", ".join(f"'{m}'" for m in modules) + " (every call)", "stride",
+                tuple(SetWindow(n.id, _stride_one(n)) for n in nodes if _strided(n)),
+                tuple({"module": m, "stride": [1] * graph.ndim} for m in modules)))
+            continue  # moves and stems of a shared module are not offered
         nodes = [graph.nodes[i] for i in group]
         names = ", ".join(f"'{n.module}'" for n in nodes[:3]) + (f" and {len(nodes) - 3} more layers of this "
                                                                   "downsampling" if len(nodes) > 3 else "")
@@ -166,11 +179,14 @@ def candidates(graph: Graph) -> list[_Candidate]:
             continue
         if x.op.startswith(("max_pool", "avg_pool")):
             before = graph.nodes[nxt].module if nxt is not None else None
-            where = f"just before '{before}'" if before else "to the end of its stage"
+            parent = x.module.rpartition(".")[0]
+            where = f"just before '{before}'" if before else f"to the end of '{parent}'" if parent else "to the end"
             out.append(_Candidate(f"move '{x.module}' {where}", "move", (MoveAfter(x.id, chain[-1]),),
                                   ({"module": x.module, "move_before": before},)))
-        elif x.op == "convolution" and convs[-1].op == "convolution" and all(s == 1 for s in _strides(convs[-1])):
-            y = convs[-1]
+        elif x.op == "convolution" and convs[-1].op == "convolution" and all(s == 1 for s in _strides(convs[-1])) \
+                and len(calls[convs[-1].module]) == 1 and all(
+                    r.extent >= s for r, s in zip(convs[-1].reads[0], _strides(x), strict=True)):
+            y = convs[-1]  # (its kernel covers the stride: no pixel is skipped)
             moved = tuple(Window(r.kernel, s, r.pad_left, r.pad_right, r.dilation, r.ceil_mode) if s > 1 else None
                           for r, s in zip(y.reads[0], _strides(x), strict=True))
             out.append(_Candidate(
@@ -178,9 +194,9 @@ def candidates(graph: Graph) -> list[_Candidate]:
                 (SetWindow(x.id, _stride_one(x)), SetWindow(y.id, moved)),
                 ({"module": x.module, "stride": [1] * graph.ndim}, {"module": y.module, "stride": _strides(x)})))
     stem = _stem(graph, groups)
-    if stem is not None:
+    if stem is not None and len(calls[stem.edits[0]["module"]]) == 1:
         out.append(stem)
-    return out
+    return list({c.change: c for c in out}.values())
 
 
 def _stem(graph: Graph, groups: list[list[int]]) -> _Candidate | None:
@@ -215,8 +231,10 @@ def _stem(graph: Graph, groups: list[list[int]]) -> _Candidate | None:
     if kernel == [r.kernel for r in x.reads[0]]:
         return None  # only the stride changes: that is the "stride" candidate
     old = "x".join(str(r.kernel) for r in x.reads[0])
+    was = "x".join(map(str, _strides(x))) if len(set(_strides(x))) > 1 else str(_strides(x)[0])
+    now = "x".join(map(str, stride)) if len(set(stride)) > 1 else str(stride[0])
     return _Candidate(
-        f"stem '{x.module}': kernel {old}/{_strides(x)[0]} -> {'x'.join(map(str, kernel))}/{stride[0]}", "stem",
+        f"stem '{x.module}': kernel {old}/{was} -> {'x'.join(map(str, kernel))}/{now}", "stem",
         (SetWindow(x.id, tuple(windows), tuple(kernel)),),
         ({"module": x.module, "kernel_size": kernel, "stride": stride,
           **({"padding": padding} if None not in padding else {})},))

@@ -40,8 +40,10 @@ def _check(model: nn.Module, edit: Mapping[str, Any]) -> None:
             raise RefineError(f"cannot move '{name}': its parent ({type(parent).__name__}) is not an nn.Sequential, "
                               "so the order of its layers is fixed in forward code; move it by hand")
         before = edit["move_before"]
-        if before is not None and before.rpartition(".")[0] != parent_name:
-            raise RefineError(f"cannot move '{name}' before '{before}': they are not in the same nn.Sequential")
+        if before is not None and (before.rpartition(".")[0] != parent_name or before == name
+                                   or before.rpartition(".")[2] not in parent._modules):
+            raise RefineError(f"cannot move '{name}' before '{before}': that is not another layer of the same "
+                              "nn.Sequential")
         return
     for key in _ATTRIBUTES:
         if key in edit and not hasattr(module, key):
