@@ -369,3 +369,23 @@ def test_resolutions_needs_a_way_to_check_and_moves_are_validated():
     for before in ("99", "2"):
         with pytest.raises(RefineError, match="same nn.Sequential"):
             refine(small_vgg(), {"edits": [{"module": "2", "move_before": before}]})
+
+
+class Crop(nn.Module):
+    def __init__(self, fixed: bool):
+        super().__init__()
+        self.fixed = fixed
+
+    def forward(self, x):
+        return x[..., :7, :] if self.fixed else x[..., 1:-1, 2::3]
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_slices_resize_when_their_end_follows_the_size(fixed):
+    from rflens.resize import mismatch, resized
+
+    model = nn.Sequential(nn.Conv2d(3, 3, 3), Crop(fixed))
+    graph = capture(model, 20)
+    found = {mismatch(resized(graph, (n, n)), capture(model, n)) is None for n in (21, 22, 23, 40)}
+    assert found == ({False} if fixed else {True})
+    assert Resolutions(graph, lambda s: capture(model, s)).resizable is not fixed

@@ -487,7 +487,7 @@ def _flip(rec, func, args, kwargs, out):
 
 
 # -- slicing -----------------------------------------------------------------------------------------------
-def _slice(rec, func, x, out, d, start, step, drop_dim=False):
+def _slice(rec, func, x, out, d, start, step, drop_dim=False, end=None):
     st = rec.state(x)
     atoms = st.dims[d]
     n_out = 1 if drop_dim else out.shape[d]
@@ -518,7 +518,8 @@ def _slice(rec, func, x, out, d, start, step, drop_dim=False):
     if start == 0 and step == 1 and n_out == x.shape[d] and not drop_dim:
         return rec.carry(out, st, st.dims)
     reads = rec.identity_reads(st)
-    reads[axis] = Window(1, step, -start, 0)
+    # units from ``end`` on are cropped: a constant when the end follows the size (x[1:-1], x[2::3])
+    reads[axis] = Window(1, step, -start, -(x.shape[d] - (x.shape[d] if end is None else end)))
     dims = list(st.dims)
     hidden = set(st.hidden)
     if drop_dim:
@@ -539,13 +540,16 @@ def _slice_rule(rec, func, args, kwargs, out):
     start = 0 if start is None else start
     start = max(0, min(n, start + n if start < 0 else start))
     step = kwargs.get("step", a[4]) or 1
-    _slice(rec, func, x, out, d, start, step)
+    end = kwargs.get("end", a[3])
+    end = None if end is None or end >= n else max(start, end + n if end < 0 else end)
+    _slice(rec, func, x, out, d, start, step, end=end)
 
 
 @rule(aten.select)
 def _select(rec, func, args, kwargs, out):
     x, d, index = args[0], _norm_dim(args[1], args[0].dim()), args[2]
-    _slice(rec, func, x, out, d, index + x.shape[d] if index < 0 else index, 1, drop_dim=True)
+    index = index + x.shape[d] if index < 0 else index
+    _slice(rec, func, x, out, d, index, 1, drop_dim=True, end=index + 1)
 
 
 @rule(aten.split, aten.split_with_sizes, aten.unbind)
@@ -555,7 +559,8 @@ def _split(rec, func, args, kwargs, out):
     d = _norm_dim(kwargs.get("dim", args[-1] if len(args) > 2 or unbind and len(args) > 1 else 0), x.dim())
     start = 0
     for piece in out:
-        _slice(rec, func, x, piece, d, start, 1, drop_dim=unbind)
+        size = 1 if unbind else piece.shape[d]
+        _slice(rec, func, x, piece, d, start, 1, drop_dim=unbind, end=start + size)
         start += 1 if unbind else piece.shape[d]
 
 
