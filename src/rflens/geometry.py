@@ -23,6 +23,11 @@ import numpy as np
 Taps = list[np.ndarray]  # one int64 array of length n_out per tap; -1 marks a tap that reads nothing
 
 
+def centre_unit(sizes: Sequence[int]) -> tuple[int, ...]:
+    """The unit ERF protocols probe: index ``n // 2`` on every axis (RepLKNet's ``h // 2``, Luo's centre)."""
+    return tuple(n // 2 for n in sizes)
+
+
 @dataclass(frozen=True)
 class QuasiAffine:
     """An integer map ``f(u) = base[u mod period] + step * (u div period)``, exact for every integer u."""
