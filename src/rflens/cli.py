@@ -26,7 +26,9 @@ def parse_input_size(text: str) -> tuple[int, ...] | int:
     return sizes[0] if len(sizes) == 1 else sizes
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, device: str = "meta",
+                    device_help: str = "where the model is traced: meta (default, no FLOPs); cpu or cuda run it "
+                                       "once, for models whose forward needs real data") -> None:
     p.add_argument("model", help="torchvision:NAME, timm:NAME or path/to/file.py:factory")
     p.add_argument("--input-size", type=parse_input_size, default=224, metavar="N|HxW",
                    help="spatial input size: 224, 224x320, 16000 (1-D), 16x112x112 (3-D); default 224")
@@ -35,9 +37,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="keyword argument for the model constructor (repeatable)")
     p.add_argument("--weights", default=None, help=".safetensors or a state-dict file (loaded with weights_only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (default 0)")
-    p.add_argument("--device", default="meta",
-                   help="where the model is traced: meta (default, no FLOPs); cpu or cuda run it once, for "
-                        "models whose forward needs real data")
+    p.add_argument("--device", default=device, help=device_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +73,55 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, default=None,
                    help="with --apply: the recipe file; otherwise: also write the JSON document here")
     b.set_defaults(run=_run_border)
+
+    e = sub.add_parser("erf", help="effective receptive field: input gradients of one unit (Luo et al.)",
+                       description="The gradient of one unit of a layer with respect to the input, averaged over "
+                                   "images, under a published protocol (replknet, kim, luo), with its metrics: "
+                                   "RepLKNet's high-contribution area ratios, the Gaussian sigma and fit, the "
+                                   "ERF/TRF ratio. When the unit's theoretical field is smaller than the input, "
+                                   "the network runs on the crop it needs (exact).")
+    _add_model_args(e, device="cpu", device_help="where the gradients are computed: cpu (default) or cuda")
+    e.add_argument("--layer", default="output", help="module name (named_modules()) or 'output' (default)")
+    e.add_argument("--layers", type=_names, default=None, metavar="A,B,C",
+                   help="several layers: a table and, with --plot, ERF size against depth")
+    e.add_argument("--protocol", choices=["replknet", "kim", "luo"], default="replknet",
+                   help="target and map as in the paper the protocol is named after (default replknet)")
+    e.add_argument("--inputs", default="noise", metavar="noise|DIR",
+                   help="seeded Gaussian noise (default) or a folder of pictures")
+    e.add_argument("--n", type=_positive, default=None,
+                   help="images to average (default 50 noise images, or every picture of the folder)")
+    e.add_argument("--batch-size", type=_positive, default=16, help="images per forward/backward (default 16)")
+    e.add_argument("--unit", type=_unit, default=None, metavar="I,J",
+                   help="the unit of the layer's output (default: the centre, n // 2 per axis)")
+    e.add_argument("--noise-seed", type=int, default=0, help="seed of the noise images (default 0)")
+    e.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="compute precision")
+    e.add_argument("--no-crop", action="store_true", help="always run the full input (no cone cropping)")
+    e.add_argument("--channels-last", action="store_true", help="run 2-D models in channels-last memory format")
+    e.add_argument("--plot", type=Path, default=None,
+                   help="write the heatmap (one layer) or ERF size against depth (--layers) as PNG")
+    e.add_argument("--log", action="store_true", help="heatmap in log scale")
+    e.add_argument("--map", type=Path, default=None, help="save the ERF map as .npy (default with --out: OUT.npy)")
+    e.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    e.add_argument("--out", type=Path, default=None, help="also write the JSON document to this file")
+    e.set_defaults(run=_run_erf)
     return parser
+
+
+def _names(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer names, got {text!r}")
+    return names
+
+
+def _unit(text: str) -> tuple[int, ...]:
+    try:
+        unit = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"unit must look like 3,4 (an index per spatial axis), got {text!r}") from None
+    if any(u < 0 for u in unit):
+        raise argparse.ArgumentTypeError(f"unit indices must be >= 0, got {text!r}")
+    return unit
 
 
 def _positive(text: str) -> int:
@@ -199,6 +247,64 @@ def _run_border(args: argparse.Namespace, console: Console) -> int:
         console.print(sweep_table(sweep, list(args.sweep)), soft_wrap=True)
     if args.plot is not None:
         console.print(f"wrote {args.plot}")
+    return 0
+
+
+def _run_erf(args: argparse.Namespace, console: Console) -> int:
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from rflens.erf import erf
+    from rflens.report.erf import erf_summary, erf_table
+    from rflens.sources import describe, load_model, parse_model_args
+
+    layers = args.layers or [args.layer]
+    if args.layers and args.unit is not None:
+        raise RflensError("--unit applies to one layer; with --layers every layer uses its centre unit")
+    with console.status(f"building {args.model}", spinner="dots"):
+        model = load_model(args.model, model_args=parse_model_args(args.model_arg), weights=args.weights,
+                           seed=args.seed)
+    model = _to_device(model, args.device)
+    results = []
+    errors = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=errors, transient=True, disable=not errors.is_terminal) as bar:
+        for layer in layers:
+            task = bar.add_task(f"ERF of {layer}", total=None)
+            results.append(erf(model, layer, inputs=None if args.inputs == "noise" else args.inputs,
+                               protocol=args.protocol, unit=args.unit, n=args.n, batch_size=args.batch_size,
+                               input_size=args.input_size, in_channels=args.in_channels, device=args.device,
+                               dtype=getattr(torch, args.dtype), seed=args.noise_seed, crop=not args.no_crop,
+                               channels_last=args.channels_last, model_name=describe(args.model),
+                               progress=lambda done, total, task=task: bar.update(task, completed=done,
+                                                                                  total=total)))
+    map_file = args.map if args.map is not None else (args.out.with_suffix(".npy") if args.out else None)
+    docs = []
+    for i, result in enumerate(results):
+        path = None
+        if map_file is not None:
+            path = map_file if len(results) == 1 else map_file.with_name(f"{map_file.stem}.{layers[i]}.npy")
+            result.save_map(path)
+        docs.append(result.to_dict(str(path) if path is not None else None))
+    doc = docs[0] if len(docs) == 1 else {"model": describe(args.model), "protocol": args.protocol, "layers": docs}
+    if args.plot is not None:
+        from rflens.report.figures import erf_depth_figure
+
+        if len(results) == 1:
+            results[0].plot(args.plot, log=args.log)
+        else:
+            erf_depth_figure(results).savefig(args.plot, dpi=120, bbox_inches="tight")
+    if args.out is not None:
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    console.print(erf_summary(results), highlight=False)
+    console.print(erf_table(results), soft_wrap=True)
+    for written in [map_file, args.out, args.plot]:
+        if written is not None:
+            console.print(f"wrote {written}" + (" (one .npy per layer)" if written is map_file and len(results) > 1
+                                                else ""))
     return 0
 
 

@@ -1,0 +1,332 @@
+"""Gradient effective receptive field (Luo et al., "Understanding the Effective Receptive Field in Deep
+Convolutional Neural Networks", NeurIPS 2016): the gradient of one feature unit with respect to the input,
+averaged over images, under the published protocols (see :data:`PROTOCOLS`).
+
+The engine computes what every lab's script computes, with less work: eval mode, gradients with respect to the
+input only (parameters are passed detached, so no weight gradient is ever built), the forward stopped at the
+target layer, images in batches (exact in eval mode: no sample sees another), and, when the unit's theoretical
+receptive field is smaller than the input, the network run on the crop that field needs (:mod:`rflens.cone`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rflens import erf_inputs
+from rflens.cone import ConePlan, plan
+from rflens.errors import RflensError
+from rflens.geometry import centre_unit
+from rflens.graph import Graph
+from rflens.rf import propagate
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One published way to turn input gradients into an ERF map. ``target``: features at the unit,
+    ``(B, C)``, to one scalar per image; ``per_image``: the input gradient ``(B, C, *S)`` to one map per image
+    ``(B, *S)``. Maps are averaged over images."""
+
+    name: str
+    paper: str
+    target_text: str
+    map_text: str
+    target: Callable[[torch.Tensor], torch.Tensor]
+    per_image: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _kim_target(f: torch.Tensor) -> torch.Tensor:
+    return f.mean(1)
+
+
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
+    Protocol("replknet", "Ding et al., Scaling Up Your Kernels to 31x31, CVPR 2022",
+             "sum over channels of ReLU(feature) at the unit", "ReLU(gradient), summed over input channels",
+             lambda f: torch.relu(f).sum(1), lambda g: torch.relu(g).sum(1)),
+    Protocol("kim", "Kim et al., Dead pixel test using effective receptive field, 2021/2023",
+             "mean over channels of the feature at the unit (the predicted class's logit for a classifier's "
+             "output)", "gradient averaged over input channels, then ReLU", _kim_target,
+             lambda g: torch.relu(g.mean(1))),
+    Protocol("luo", "Luo et al., Understanding the Effective Receptive Field, NeurIPS 2016",
+             "sum over channels of the feature at the unit (a gradient of 1 on every channel of the unit)",
+             "|gradient| summed over input channels", lambda f: f.sum(1), lambda g: g.abs().sum(1)),
+)}
+
+
+@dataclass
+class ERF:
+    """An ERF map (numpy, input-sized, float64: the mean of the finite per-image maps) and its metrics."""
+
+    model: str
+    layer: str
+    protocol: str
+    n: int  # images averaged
+    nonfinite: int  # images whose gradient map had NaN or inf: counted, reported, left out of the mean
+    input_size: tuple[int, ...]
+    unit: tuple[int, ...]  # the probed unit of the layer's output ((): a non-spatial output)
+    map: np.ndarray = field(repr=False)
+    metrics: dict[str, Any]
+    path: str  # how it was computed: cone crop or full input, and why
+    crop: tuple[tuple[int, int], ...] | None
+    trf_box: tuple[tuple[int, int], ...] | None  # the unit's theoretical field per axis, [lo, hi], unclipped
+    inputs: str
+    dtype: str
+    device: str
+
+    def to_dict(self, map_file: str | None = None) -> dict[str, Any]:
+        return {"model": self.model, "layer": self.layer, "protocol": self.protocol, "n": self.n,
+                "nonfinite": self.nonfinite, "input_size": list(self.input_size), "unit": list(self.unit),
+                "inputs": self.inputs, "dtype": self.dtype, "device": self.device, "path": self.path,
+                "crop": [list(c) for c in self.crop] if self.crop else None,
+                "trf_box": [list(b) for b in self.trf_box] if self.trf_box else None,
+                "metrics": self.metrics, "map": map_file}
+
+    def save_map(self, path: str | Path) -> None:
+        np.save(path, self.map)
+
+    def plot(self, path: str | Path, log: bool = False) -> None:
+        from rflens.report.figures import erf_figure
+
+        erf_figure(self, log=log).savefig(path, dpi=120, bbox_inches="tight")
+
+
+class _Stop(Exception):  # noqa: N818 - control flow, not an error
+    def __init__(self, output: Any) -> None:
+        self.output = output
+
+
+def erf(model: torch.nn.Module, layer: str = "output", *, inputs: Any = None, protocol: str = "replknet",
+        unit: Sequence[int] | None = None, n: int | None = None, batch_size: int = 16,
+        input_size: int | Sequence[int] | None = None, in_channels: int | None = None, device: str = "cpu",
+        dtype: torch.dtype = torch.float32, seed: int = 0, crop: bool = True, channels_last: bool = False,
+        progress: Callable[[int, int | None], None] | None = None, model_name: str | None = None) -> ERF:
+    """The gradient ERF of ``unit`` (default: the centre, ``n // 2`` per axis) of ``layer`` (a module name, or
+    ``"output"`` for the model's output) under ``protocol`` ("replknet", "kim" or "luo").
+
+    ``inputs``: None for ``n`` (default 50) seeded Gaussian noise images, a folder of pictures, or a tensor /
+    iterable of tensors. ``crop=False`` always runs the full input. ``progress(done, total)`` is called after
+    every batch. The user's model is left as it was (training flags restored, parameters untouched).
+    """
+    if protocol not in PROTOCOLS:
+        raise RflensError(f"unknown ERF protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if batch_size < 1:
+        raise RflensError(f"batch size must be at least 1, got {batch_size}")
+    proto = PROTOCOLS[protocol]
+    source = _source(model, inputs, n, input_size, in_channels, seed)
+    graph, calls = _capture(model, layer, source)
+    node_id = _target_node(graph, layer)
+    fields = propagate(graph)
+    out_sizes = graph.nodes[node_id].sizes if node_id is not None else ()
+    unit = _check_unit(tuple(unit) if unit is not None else centre_unit(out_sizes), out_sizes, layer)
+    if node_id is None:
+        where = ConePlan(None, unit, "the output is not a spatial map (a global op, e.g. the classifier's pooling)")
+        trf_box = None
+    else:
+        where = plan(graph, node_id, unit, fields) if crop else ConePlan(None, unit, "cropping switched off")
+        own = fields[node_id]
+        trf_box = None if any(f.is_global or not f.parts for f in own) else \
+            tuple((f.lo(u), f.hi(u)) for f, u in zip(own, unit, strict=True))
+    dev = _device(device)
+    total, count, bad = _run(model, layer, calls, proto, source, where, batch_size, dev, dtype, channels_last,
+                             progress, graph.ndim)
+    if count == 0:
+        raise RflensError(f"all {bad} gradient maps had NaN or inf values; no ERF to report (try dtype float64, "
+                          "or check the model's weights)")
+    mean = total / count
+    full = np.zeros(source.input_size, dtype=np.float64)
+    full[tuple(slice(a, b) for a, b in where.crop) if where.crop else ...] = mean
+    from rflens.erf_metrics import summary
+
+    centre = tuple((lo + hi) / 2 for lo, hi in trf_box) if trf_box else tuple((s - 1) / 2 for s in source.input_size)
+    metrics = summary(full, centre, tuple(hi - lo + 1 for lo, hi in trf_box) if trf_box else (None,) * graph.ndim)
+    return ERF(model_name if model_name is not None else type(model).__name__, layer, protocol, count, bad,
+               source.input_size, unit, full, metrics, where.describe(), where.crop, trf_box, source.description,
+               str(dtype).removeprefix("torch."), str(dev))
+
+
+# -- set-up ------------------------------------------------------------------------------------------------
+def _source(model: torch.nn.Module, inputs: Any, n: int | None, input_size: int | Sequence[int] | None,
+            in_channels: int | None, seed: int) -> erf_inputs.InputSource:
+    from rflens.capture import input_layout
+
+    if n is not None and n < 1:
+        raise RflensError(f"n must be at least 1, got {n}")
+    layout = input_layout(model)
+    if isinstance(inputs, torch.Tensor) or (inputs is not None and not isinstance(inputs, (str, Path))
+                                            and isinstance(inputs, Iterable)):
+        if layout is None:
+            raise RflensError("cannot tell the model's spatial dims (no convolution found)")
+        src = erf_inputs.tensors(inputs, n, layout[0])
+        if input_size is not None and tuple(_sizes(input_size, len(src.input_size))) != src.input_size:
+            raise RflensError(f"input_size {input_size} differs from the given tensors' size {src.input_size}")
+        return src
+    ndim = layout[0] if layout else None
+    size = _default_size(model, ndim) if input_size is None else input_size
+    if ndim is None and isinstance(size, int):
+        raise RflensError("cannot tell the model's spatial dims (no convolution found): give input_size as a tuple")
+    sizes = _sizes(size, ndim or len(size))  # type: ignore[arg-type]
+    channels = in_channels if in_channels is not None else (layout[1] if layout else None)
+    if channels is None:
+        raise RflensError("cannot infer the input channels (no convolution found): pass in_channels")
+    if inputs is None or inputs == "noise":
+        return erf_inputs.noise(n if n is not None else erf_inputs.DEFAULT_NOISE_IMAGES, channels, sizes, seed)
+    if isinstance(inputs, (str, Path)):
+        return erf_inputs.folder(inputs, n, channels, sizes, erf_inputs.Preprocess.for_model(model))
+    raise RflensError(f"inputs must be None/'noise', a folder, a tensor or an iterable of tensors; got "
+                      f"{type(inputs).__name__}")
+
+
+def _sizes(size: int | Sequence[int], ndim: int) -> tuple[int, ...]:
+    return (int(size),) * ndim if isinstance(size, int) else tuple(int(s) for s in size)
+
+
+def _default_size(model: torch.nn.Module, ndim: int | None) -> int | tuple[int, ...]:
+    cfg = getattr(model, "pretrained_cfg", None)
+    size = cfg.get("input_size") if isinstance(cfg, dict) else None
+    if isinstance(size, (tuple, list)) and len(size) >= 2:
+        return tuple(int(s) for s in size[1:])
+    return 224
+
+
+def _capture(model: torch.nn.Module, layer: str, source: erf_inputs.InputSource) -> tuple[Graph, int]:
+    """The graph on meta, and how often ``layer`` runs in one forward (the ERF stops at its last call, the
+    call whose output the graph names)."""
+    from rflens.capture import capture
+
+    calls = [0]
+    handle = None
+    if layer != "output":
+        modules = dict(model.named_modules())
+        if layer not in modules:
+            import difflib
+
+            close = difflib.get_close_matches(layer, list(modules), n=5)
+            raise RflensError(f"no module {layer!r} in the model" + (f"; close: {', '.join(close)}" if close else "")
+                              + " (use 'output' for the model's output)")
+
+        def count(*_: Any) -> None:
+            calls[0] += 1
+
+        handle = modules[layer].register_forward_hook(count)
+    try:
+        graph = capture(model, source.input_size, in_channels=source.in_channels)
+    finally:
+        if handle is not None:
+            handle.remove()
+    if layer != "output" and calls[0] == 0:
+        raise RflensError(f"module {layer!r} does not run in the model's forward")
+    return graph, calls[0]
+
+
+def _target_node(graph: Graph, layer: str) -> int | None:
+    """The node of the layer's output; None when that output is not a spatial map."""
+    name = "" if layer == "output" else layer
+    return graph.module_outputs.get(name)
+
+
+def _check_unit(unit: tuple[int, ...], sizes: tuple[int, ...], layer: str) -> tuple[int, ...]:
+    if len(unit) != len(sizes) or any(not 0 <= u < s for u, s in zip(unit, sizes, strict=True)):
+        shape = "x".join(map(str, sizes)) or "no spatial axes"
+        raise RflensError(f"unit {unit} is outside layer {layer!r}'s output ({shape})")
+    return unit
+
+
+def _device(device: str) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RflensError(f"device {device!r} was asked for but PyTorch sees no CUDA device")
+    if dev.type == "meta":
+        raise RflensError("the ERF needs real numbers: use device 'cpu' or 'cuda'")
+    return dev
+
+
+# -- the engine --------------------------------------------------------------------------------------------
+def _run(model: torch.nn.Module, layer: str, calls: int, proto: Protocol, source: erf_inputs.InputSource,
+         where: ConePlan, batch_size: int, device: torch.device, dtype: torch.dtype, channels_last: bool,
+         progress: Callable[[int, int | None], None] | None, ndim: int) -> tuple[np.ndarray, int, int]:
+    """Sum of the finite per-image maps (over the crop when there is one), their count, and the count of
+    maps with NaN or inf."""
+    layout = torch.channels_last if channels_last and ndim == 2 else torch.contiguous_format
+    tensors = {name: _cast(t, device, dtype, layout) for name, t in
+               [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]}
+    window = (slice(None), slice(None), *(slice(a, b) for a, b in where.crop)) if where.crop else ...
+    training = [(m, m.training) for m in model.modules()]
+    handle = None
+    seen = [0]  # calls of the target layer in the current forward
+
+    def stop(_module: Any, _inputs: Any, output: Any) -> None:
+        seen[0] += 1
+        if seen[0] == calls:
+            raise _Stop(output)
+
+    if layer != "output":
+        handle = dict(model.named_modules())[layer].register_forward_hook(stop)
+    total: np.ndarray | None = None
+    count = bad = done = 0
+    try:
+        model.eval()
+        for batch in source.batches(batch_size):
+            seen[0] = 0
+            x = batch[window].to(device=device, dtype=dtype).contiguous(memory_format=layout).requires_grad_(True)
+            with torch.enable_grad():
+                feature = _forward(model, tensors, x)
+                (grad,) = torch.autograd.grad(_target(proto, feature, where.unit, layer).sum(), x)
+            maps = proto.per_image(grad).detach().to("cpu", torch.float64)
+            finite = torch.isfinite(maps).flatten(1).all(1)
+            bad += int((~finite).sum())
+            if bool(finite.any()):
+                part = maps[finite].sum(0).numpy()
+                total = part if total is None else total + part
+                count += int(finite.sum())
+            done += batch.shape[0]
+            if progress is not None:
+                progress(done, source.count)
+    finally:
+        if handle is not None:
+            handle.remove()
+        for m, flag in training:
+            m.training = flag
+    if done == 0:
+        raise RflensError("no input images")
+    return (total if total is not None else np.zeros(()), count, bad)
+
+
+def _cast(t: torch.Tensor, device: torch.device, dtype: torch.dtype, layout: torch.memory_format) -> torch.Tensor:
+    t = t.detach()
+    t = t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+    return t.contiguous(memory_format=layout) if t.dim() == 4 else t
+
+
+def _forward(model: torch.nn.Module, tensors: dict[str, torch.Tensor], x: torch.Tensor) -> Any:
+    try:
+        return torch.func.functional_call(model, tensors, (x,), strict=False)
+    except _Stop as stop:
+        return stop.output
+
+
+def _target(proto: Protocol, output: Any, unit: tuple[int, ...], layer: str) -> torch.Tensor:
+    """One scalar per image from the features at ``unit``."""
+    feature = _first_tensor(output, layer)
+    if feature.dim() != 2 + len(unit):
+        raise RflensError(f"layer {layer!r} gives a tensor of shape {tuple(feature.shape)}; an ERF needs "
+                          f"(batch, channels, *spatial) with {len(unit)} spatial axes")
+    at = feature[(slice(None), slice(None), *unit)]
+    if not unit and proto.name == "kim":  # a classifier's output: the predicted class's logit
+        return at.gather(1, at.detach().argmax(1, keepdim=True)).squeeze(1)
+    return proto.target(at)
+
+
+def _first_tensor(output: Any, layer: str) -> torch.Tensor:
+    from torch.utils import _pytree
+
+    for leaf in _pytree.tree_leaves(output):
+        if isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
+            return leaf
+    raise RflensError(f"layer {layer!r} returns no floating-point tensor")
+
+

@@ -1,0 +1,168 @@
+"""Input images of an ERF run: seeded noise, a folder of pictures, or the user's tensors, in batches.
+
+Every source yields float32 CPU tensors of shape ``(B, C, *input_size)``; the engine moves them. Noise image
+``i`` is drawn from its own generator (seeded by ``(seed, i)``), so the images do not depend on the batch size:
+a batched run and a one-by-one run see the same inputs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rflens.errors import RflensError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+DEFAULT_NOISE_IMAGES = 50
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a picture becomes a tensor: resize so that the centre crop keeps ``crop_pct`` of it, centre crop,
+    normalise. timm's evaluation transform when the model has a timm data config, else ImageNet statistics."""
+
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
+    source: str = "ImageNet statistics"
+
+    @staticmethod
+    def for_model(model: torch.nn.Module) -> Preprocess:
+        if getattr(model, "pretrained_cfg", None) is None:
+            return Preprocess()
+        try:
+            from timm.data import resolve_data_config
+        except ImportError:
+            return Preprocess()
+        cfg = resolve_data_config({}, model=model)
+        return Preprocess(tuple(cfg["mean"]), tuple(cfg["std"]), float(cfg.get("crop_pct", 0.875)),
+                          str(cfg.get("interpolation", "bilinear")), "the model's timm data config")
+
+
+@dataclass
+class InputSource:
+    """A description of the images (for reports) and a way to iterate over them in batches."""
+
+    kind: str  # "noise", "folder" or "tensor"
+    description: str
+    count: int | None  # images it yields (None: not known before iterating)
+    input_size: tuple[int, ...]
+    in_channels: int
+    _batches: Any
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        return self._batches(batch_size)
+
+
+def noise(count: int, in_channels: int, input_size: Sequence[int], seed: int = 0) -> InputSource:
+    """``count`` standard Gaussian images, image ``i`` drawn from a generator seeded with ``(seed, i)``."""
+    shape = (in_channels, *input_size)
+
+    def image(i: int) -> torch.Tensor:
+        state = int(np.random.SeedSequence([seed, i]).generate_state(1, dtype=np.uint64)[0] >> 1)
+        return torch.randn(shape, generator=torch.Generator().manual_seed(state))
+
+    def batches(batch_size: int) -> Iterator[torch.Tensor]:
+        for start in range(0, count, batch_size):
+            yield torch.stack([image(i) for i in range(start, min(count, start + batch_size))])
+
+    return InputSource("noise", f"{count} Gaussian noise images (seed {seed})", count, tuple(input_size),
+                       in_channels, batches)
+
+
+def folder(path: str | os.PathLike, count: int | None, in_channels: int, input_size: Sequence[int],
+           preprocess: Preprocess) -> InputSource:
+    """The pictures of a folder in name order (the first ``count`` of them), preprocessed like the model's
+    evaluation data."""
+    root = Path(path)
+    if not root.is_dir():
+        raise RflensError(f"image folder {str(root)!r} does not exist or is not a folder")
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise RflensError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {str(root)!r}")
+    if len(input_size) != 2:
+        raise RflensError(f"pictures feed 2-D models; this input size is {len(input_size)}-D")
+    if in_channels not in (1, 3):
+        raise RflensError(f"pictures have 1 or 3 channels; the model expects {in_channels}")
+    files = files[:count] if count is not None else files
+
+    def batches(batch_size: int) -> Iterator[torch.Tensor]:
+        for start in range(0, len(files), batch_size):
+            yield torch.stack([_picture(f, in_channels, tuple(input_size), preprocess)
+                               for f in files[start:start + batch_size]])
+
+    return InputSource("folder", f"{len(files)} images from {str(root)!r} ({preprocess.source})", len(files),
+                       tuple(input_size), in_channels, batches)
+
+
+def _picture(path: Path, in_channels: int, size: tuple[int, int], pre: Preprocess) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB" if in_channels == 3 else "L")
+            h, w = size
+            scaled = (math.floor(h / pre.crop_pct), math.floor(w / pre.crop_pct))
+            if h == w:  # shorter side to the scaled size, aspect kept (timm's centre-crop evaluation)
+                s = scaled[0]
+                new = ((s, round(im.height * s / im.width)) if im.width <= im.height
+                       else (round(im.width * s / im.height), s))
+                im = im.resize(new, _resample(pre.interpolation))
+            else:
+                im = im.resize((scaled[1], scaled[0]), _resample(pre.interpolation))
+            top, left = (im.height - h) // 2, (im.width - w) // 2
+            im = im.crop((left, top, left + w, top + h))
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+    except (OSError, UnidentifiedImageError) as exc:
+        raise RflensError(f"cannot read image {str(path)!r}: {exc}") from exc
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    mean = np.asarray(pre.mean[:in_channels] if in_channels == 3 else pre.mean[:1], dtype=np.float32)
+    std = np.asarray(pre.std[:in_channels] if in_channels == 3 else pre.std[:1], dtype=np.float32)
+    return torch.from_numpy((arr - mean[:, None, None]) / std[:, None, None])
+
+
+def _resample(name: str) -> Any:
+    from PIL import Image
+
+    return {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+            "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS,
+            "box": Image.Resampling.BOX}.get(name, Image.Resampling.BILINEAR)
+
+
+def tensors(data: torch.Tensor | Iterable[torch.Tensor], count: int | None, ndim: int) -> InputSource:
+    """The user's images for a model with ``ndim`` spatial axes: one tensor ``(N, C, *S)`` or ``(C, *S)``, or
+    an iterable of such tensors."""
+    items = [data] if isinstance(data, torch.Tensor) else list(data)
+    if not items:
+        raise RflensError("the input iterable is empty")
+    batches_in = []
+    for t in items:
+        if not isinstance(t, torch.Tensor):
+            raise RflensError(f"inputs must be tensors; got {type(t).__name__}")
+        if t.dim() not in (ndim + 1, ndim + 2):
+            raise RflensError(f"an input tensor for a {ndim}-D model has shape (N, C, *spatial) or (C, *spatial); "
+                              f"got {tuple(t.shape)}")
+        batches_in.append(t if t.dim() == ndim + 2 else t.unsqueeze(0))
+    shape = tuple(batches_in[0].shape[1:])
+    for t in batches_in:
+        if tuple(t.shape[1:]) != shape:
+            raise RflensError(f"input tensors differ in shape: {shape} and {tuple(t.shape[1:])}")
+    stacked = torch.cat([t.detach().cpu() for t in batches_in])  # the engine casts to its dtype
+    if count is not None:
+        stacked = stacked[:count]
+
+    def batches(batch_size: int) -> Iterator[torch.Tensor]:
+        for start in range(0, stacked.shape[0], batch_size):
+            yield stacked[start:start + batch_size]
+
+    return InputSource("tensor", f"{stacked.shape[0]} given images", stacked.shape[0], shape[1:], shape[0], batches)
