@@ -20,38 +20,15 @@ one side gives a result and the other an error is a disagreement and fails the a
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
-import warnings
 
 import torch
+from common import build, machine
 
-import rflens
 from rflens.border import Resolutions, SizeReport, classify, waste
 from rflens.capture import capture
 from rflens.errors import CaptureError
-
-
-def build(spec: str) -> torch.nn.Module:
-    from rflens.sources import load_model
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return load_model(spec)
-
-
-def machine() -> str:
-    try:
-        import torchvision
-
-        tv = f", torchvision {torchvision.__version__}"
-    except ImportError:
-        tv = ""
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, "
-            f"{torch.get_num_threads()} threads, torch {torch.__version__}{tv}, rflens {rflens.__version__}")
 
 
 def retrace_one(model: torch.nn.Module, n: int) -> tuple[SizeReport | CaptureError, float]:

@@ -12,12 +12,11 @@ CPU, which is what a gradient-support measurement costs at the least). Prints a 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
-import warnings
 
 import torch
+from common import build, machine
 
 import rflens
 
@@ -29,14 +28,6 @@ DEFAULT_MODELS = [
     "timm:tf_efficientnet_b0", "timm:cspdarknet53", "timm:dla34", "timm:hrnet_w18_small", "timm:xception41",
     "timm:ghostnet_100",
 ]
-
-
-def build(spec: str) -> torch.nn.Module:
-    from rflens.sources import load_model
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return load_model(spec)
 
 
 def time_rflens(model: torch.nn.Module, size: int, repeat: int) -> float:
@@ -67,8 +58,7 @@ def main() -> None:
                         help="largest size at which the gradient probe is timed (it is slow)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-          f"{torch.__version__}, rflens {rflens.__version__}")
+    print(machine())
     header = ["model", "build s"] + [f"rflens {s} ms" for s in args.sizes]
     grad_sizes = [s for s in args.sizes if s <= args.gradient_max_size]
     header += [f"gradient {s} ms" for s in grad_sizes] + [f"ratio {s}" for s in grad_sizes]

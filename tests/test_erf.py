@@ -334,3 +334,18 @@ def test_to_dict_has_the_documented_keys():
     assert set(doc["metrics"]["area_ratio"]) == {"0.2", "0.3", "0.5", "0.99"}
     assert doc["map"] == "map.npy" and doc["input_size"] == [15, 15]
     assert {"sigma", "r2", "erf_trf_ratio"} <= set(doc["metrics"])
+
+
+def test_a_channels_last_layer_output_is_refused():
+    class ChannelsLast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.lin(self.conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    with pytest.raises(RflensError, match="channels-last"):
+        erf(ChannelsLast(), "lin", n=1, input_size=12)
+    assert erf(ChannelsLast(), "output", n=1, input_size=12).map.shape == (12, 12)

@@ -25,10 +25,12 @@ from rflens.rf import AxisField, propagate, support
 @dataclass(frozen=True)
 class ConePlan:
     """Where to run: ``crop`` is ``[start, stop)`` per axis of the input, or None for the full input; ``unit``
-    is the target unit in the coordinates of that run; ``reason`` says why this path was taken."""
+    is the target unit in the coordinates of that run, ``sizes`` the size of the node's output there;
+    ``reason`` says why this path was taken."""
 
     crop: tuple[tuple[int, int], ...] | None
     unit: tuple[int, ...]
+    sizes: tuple[int, ...]
     reason: str
 
     @property
@@ -47,7 +49,7 @@ def plan(graph: Graph, node_id: int, unit: tuple[int, ...],
     """How to compute ``unit`` of node ``node_id`` exactly on as little input as possible."""
 
     def full(why: str) -> ConePlan:
-        return ConePlan(None, unit, why)
+        return ConePlan(None, unit, graph.nodes[node_id].sizes, why)
 
     if graph.size_reads:
         return full(f"the model's Python reads the size of a feature map ({graph.size_reads[0]}), so a crop "
@@ -104,7 +106,8 @@ def plan(graph: Graph, node_id: int, unit: tuple[int, ...],
                 or g.lo(int(new)) != lo[axis] - start or g.hi(int(new)) != hi[axis] - start):
             return full(f"along axis {axis} the crop does not keep the unit's field (internal check)")
         moved.append(int(new))
-    return ConePlan(tuple(crop), tuple(moved), "the receptive field is smaller than the input")
+    return ConePlan(tuple(crop), tuple(moved), small.nodes[node_id].sizes,
+                    "the receptive field is smaller than the input")
 
 
 def _ancestors(graph: Graph, node_id: int) -> list[int]:

@@ -124,10 +124,11 @@ def erf(model: torch.nn.Module, layer: str = "output", *, inputs: Any = None, pr
     out_sizes = graph.nodes[node_id].sizes if node_id is not None else ()
     unit = _check_unit(tuple(unit) if unit is not None else centre_unit(out_sizes), out_sizes, layer)
     if node_id is None:
-        where = ConePlan(None, unit, "the output is not a spatial map (a global op, e.g. the classifier's pooling)")
+        where = ConePlan(None, unit, (), "the output is not a spatial map (a global op, e.g. the classifier's pooling)")
         trf_box = None
     else:
-        where = plan(graph, node_id, unit, fields) if crop else ConePlan(None, unit, "cropping switched off")
+        where = (plan(graph, node_id, unit, fields) if crop
+                 else ConePlan(None, unit, out_sizes, "cropping switched off"))
         own = fields[node_id]
         trf_box = None if any(f.is_global or not f.parts for f in own) else \
             tuple((f.lo(u), f.hi(u)) for f, u in zip(own, unit, strict=True))
@@ -275,7 +276,7 @@ def _run(model: torch.nn.Module, layer: str, calls: int, proto: Protocol, source
             x = batch[window].to(device=device, dtype=dtype).contiguous(memory_format=layout).requires_grad_(True)
             with torch.enable_grad():
                 feature = _forward(model, tensors, x)
-                (grad,) = torch.autograd.grad(_target(proto, feature, where.unit, layer).sum(), x)
+                (grad,) = torch.autograd.grad(_target(proto, feature, where, layer).sum(), x)
             maps = proto.per_image(grad).detach().to("cpu", torch.float64)
             finite = torch.isfinite(maps).flatten(1).all(1)
             bad += int((~finite).sum())
@@ -309,14 +310,15 @@ def _forward(model: torch.nn.Module, tensors: dict[str, torch.Tensor], x: torch.
         return stop.output
 
 
-def _target(proto: Protocol, output: Any, unit: tuple[int, ...], layer: str) -> torch.Tensor:
-    """One scalar per image from the features at ``unit``."""
+def _target(proto: Protocol, output: Any, where: ConePlan, layer: str) -> torch.Tensor:
+    """One scalar per image from the features at the unit."""
     feature = _first_tensor(output, layer)
-    if feature.dim() != 2 + len(unit):
+    if feature.dim() != 2 + len(where.unit) or (where.unit and tuple(feature.shape[2:]) != where.sizes):
         raise RflensError(f"layer {layer!r} gives a tensor of shape {tuple(feature.shape)}; an ERF needs "
-                          f"(batch, channels, *spatial) with {len(unit)} spatial axes")
-    at = feature[(slice(None), slice(None), *unit)]
-    if not unit and proto.name == "kim":  # a classifier's output: the predicted class's logit
+                          f"(batch, channels, *spatial) with spatial size {where.sizes} (a channels-last output "
+                          "is not supported: probe the module around it)")
+    at = feature[(slice(None), slice(None), *where.unit)]
+    if not where.unit and proto.name == "kim":  # a classifier's output: the predicted class's logit
         return at.gather(1, at.detach().argmax(1, keepdim=True)).squeeze(1)
     return proto.target(at)
 

@@ -1,0 +1,33 @@
+"""What every benchmark script needs: the model built quietly (random init, no download) and one line that
+says on what machine and software the numbers were taken."""
+
+from __future__ import annotations
+
+import os
+import platform
+import warnings
+
+import torch
+
+import rflens
+
+
+def build(spec: str) -> torch.nn.Module:
+    from rflens.sources import load_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_model(spec)
+
+
+def machine() -> str:
+    try:
+        import torchvision
+
+        tv = f", torchvision {torchvision.__version__}"
+    except ImportError:
+        tv = ""
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    return (f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB{gpu}, "
+            f"{torch.get_num_threads()} threads, torch {torch.__version__}{tv}, rflens {rflens.__version__}")
