@@ -108,8 +108,9 @@ def pool_output_size(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool) ->
 
 
 def _linear_max_pool(x: torch.Tensor, ndim: int, kernel, stride, padding, dilation, ceil_mode,
-                     pad_fn=None) -> torch.Tensor:
-    """Sum (normalised) over exactly the windows a max pool of this geometry would read.
+                     pad_fn=None, ones: bool = False) -> torch.Tensor:
+    """Sum (normalised; a plain sum with ``ones``) over exactly the windows a max pool of this geometry would
+    read.
 
     Zero padding on both sides plus, when ``ceil_mode`` asks for a last partial window, extra zeros on the
     right: zeros contribute nothing and receive no gradient, just like ``-inf`` padding of a max pool.
@@ -129,7 +130,8 @@ def _linear_max_pool(x: torch.Tensor, ndim: int, kernel, stride, padding, dilati
     y = x if batched else x.unsqueeze(0)
     y = F.pad(y, pads) if pad_fn is None else pad_fn(y, pads)
     channels = y.shape[1]
-    weight = torch.full((channels, 1, *k), 1.0 / math.prod(k), dtype=y.dtype, device=y.device)
+    weight = torch.full((channels, 1, *k), 1.0 if ones else 1.0 / math.prod(k), dtype=y.dtype,
+                        device=y.device)
     conv = (F.conv1d, F.conv2d, F.conv3d)[ndim - 1]
     y = conv(y, weight, stride=s, dilation=d, groups=channels)
     y = y[(slice(None), slice(None), *(slice(0, o) for o in outs))]
@@ -137,9 +139,11 @@ def _linear_max_pool(x: torch.Tensor, ndim: int, kernel, stride, padding, dilati
 
 
 class LinearMaxPool(nn.Module):
-    """Drop-in for ``nn.MaxPool{1,2,3}d`` that sums over the same windows (same output size)."""
+    """Drop-in for ``nn.MaxPool{1,2,3}d`` that sums over the same windows (same output size); the sum is
+    normalised by the window size unless ``ones`` (then every tap has weight exactly 1: path counting)."""
 
-    def __init__(self, ndim: int, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    def __init__(self, ndim: int, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                 ones: bool = False):
         super().__init__()
         self.ndim = ndim
         self.kernel_size = kernel_size
@@ -147,10 +151,11 @@ class LinearMaxPool(nn.Module):
         self.padding = padding
         self.dilation = dilation
         self.ceil_mode = ceil_mode
+        self.ones = ones
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _linear_max_pool(x, self.ndim, self.kernel_size, self.stride, self.padding, self.dilation,
-                                self.ceil_mode)
+                                self.ceil_mode, ones=self.ones)
 
     def extra_repr(self) -> str:
         return (f"ndim={self.ndim}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -20,13 +20,18 @@ __version__ = "0.1.0"
 __all__ = [
     "BorderReport", "CaptureError", "InputSizeError", "InputTooSmallError", "LayerBorder", "LayerRF",
     "MetaDeviceError", "ModelSourceError", "NotResizableError", "ReceptiveFields", "RefineError", "Resolutions",
-    "RflensError", "UnsupportedOpError", "WeightsError", "border_report", "receptive_field", "refine",
+    "PathMap", "RflensError", "UnsupportedOpError", "WeightsError", "border_report", "path_counts", "receptive_field",
+    "refine", "structural_map",
 ]
 
 
-def __getattr__(name: str):  # torch is imported only when a model is changed
+def __getattr__(name: str):  # torch is imported only when a model is changed; scipy only to count paths
     if name == "refine":
         from rflens.transforms import refine
 
         return refine
+    if name in ("PathMap", "path_counts", "structural_map"):
+        from rflens import pathcount
+
+        return getattr(pathcount, name)
     raise AttributeError(name)

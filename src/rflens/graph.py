@@ -5,16 +5,21 @@ keep every unit where it was (activations, views, channel-wise layers with one i
 node says, for every input and every spatial axis of the network input, how an output unit reads that input:
 a geometry object from :mod:`rflens.geometry` (``Window``, ``Transposed``, ``Pad``, ``Resample``) or
 ``None`` when the op mixes the whole axis (a global op: spatial mean, attention, GroupNorm statistics...).
+:func:`walk_back` carries a map from one output unit back to the input through every path (exact support,
+path counts).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from rflens.geometry import Pad, Resample, Transposed, Window
 
 AxisRead = Window | Transposed | Pad | Resample | None
 IDENTITY_READ = Window()
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -85,3 +90,36 @@ class Graph:
         except KeyError:
             known = ", ".join(list(self.module_outputs)[:8])
             raise KeyError(f"no module named {name!r} with a spatial output (e.g. {known})") from None
+
+
+def check_unit(node: Node, unit: Sequence[int]) -> tuple[int, ...]:
+    """``unit`` as a tuple, or an IndexError when it is not a unit of ``node``'s output."""
+    unit = tuple(int(u) for u in unit)
+    if len(unit) != len(node.sizes) or any(not 0 <= u < n for u, n in zip(unit, node.sizes, strict=True)):
+        raise IndexError(f"unit {unit} is outside the output of size {node.sizes}")
+    return unit
+
+
+def walk_back(graph: Graph, node_id: int, seed: T, pull: Callable[[T, int, AxisRead, int, int], T],
+              merge: Callable[[T, T], T], empty: Callable[[T], bool]) -> T | None:
+    """Carry a map over the output of node ``node_id`` back to the network input, through every path.
+
+    One walk serves every backward analysis (exact support, path counts...); they differ only in what a map
+    is. ``pull(value, axis, read, n_in, n_out)`` pulls a map back through one axis of one read (``read`` as in
+    ``Node.reads``, ``None`` = the whole axis); ``merge(a, b)`` joins two maps that reach the same node
+    (an add, a concat, a tensor used twice); ``empty(value)`` says that nothing more can come of a map.
+    Nodes are visited in reverse topological order, so every map is complete before it is pulled further.
+    Neither callable may change its arguments in place (a map can be shared). Returns the map over the
+    input, or None when no path reaches it."""
+    pending: dict[int, T] = {node_id: seed}
+    for node in reversed(graph.nodes[1:node_id + 1]):
+        value = pending.pop(node.id, None)
+        if value is None or empty(value):
+            continue
+        for k, src in enumerate(node.inputs):
+            v = value
+            n_in = graph.nodes[src].sizes
+            for axis in range(graph.ndim):
+                v = pull(v, axis, node.reads[k][axis], n_in[axis], node.sizes[axis])
+            pending[src] = merge(pending[src], v) if src in pending else v
+    return pending.get(0)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from rflens.geometry import IDENTITY, QuasiAffine, pointwise
-from rflens.graph import Graph, Node
+from rflens.graph import Graph, Node, check_unit, walk_back
 
 Path = tuple[QuasiAffine, QuasiAffine]
 
@@ -246,22 +246,15 @@ def receptive_field(model: Any, input_size: int | Sequence[int], *, in_channels:
 def support(graph: Graph, node_id: int, unit: Sequence[int]) -> np.ndarray:
     """Input pixels that can influence output ``unit`` of node ``node_id`` (exact, clipped to the image)."""
     target = graph.nodes[node_id]
-    unit = tuple(unit)
-    if len(unit) != graph.ndim or any(not 0 <= u < n for u, n in zip(unit, target.sizes, strict=True)):
-        raise IndexError(f"unit {unit} is outside the output of size {target.sizes}")
-    masks: dict[int, np.ndarray] = {node_id: np.zeros(target.sizes, dtype=bool)}
-    masks[node_id][unit] = True
-    for node in reversed(graph.nodes[1:node_id + 1]):
-        mask = masks.pop(node.id, None)
-        if mask is None or not mask.any():
-            continue
-        for k, src in enumerate(node.inputs):
-            m = mask
-            n_in = graph.nodes[src].sizes
-            for axis in range(graph.ndim):
-                m = _read_back(m, axis, node.reads[k][axis], n_in[axis], node.sizes[axis])
-            masks[src] = masks[src] | m if src in masks else m
-    return masks.get(0, np.zeros(graph.input_size, dtype=bool))
+    unit = check_unit(target, unit)
+    seed = np.zeros(target.sizes, dtype=bool)
+    seed[unit] = True
+    mask = walk_back(graph, node_id, seed, _read_back, np.logical_or, _nothing)
+    return mask if mask is not None else np.zeros(graph.input_size, dtype=bool)
+
+
+def _nothing(mask: np.ndarray) -> bool:
+    return not mask.any()
 
 
 @lru_cache(maxsize=4096)
