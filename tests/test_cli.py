@@ -181,3 +181,39 @@ def test_border_apply_refuses_a_suggestion_that_needs_hand_work(capsys, tmp_path
     code, _, err = run(capsys, "border", f"{path}:make", "--input-size", "8", "--top", "20", "--apply", str(n),
                        "--out", str(tmp_path / "r.json"))
     assert code == 2 and "by hand" in err and "forward code" in err and not (tmp_path / "r.json").exists()
+
+
+def test_erf_json_map_and_plot(capsys, tmp_path):
+    out_json = tmp_path / "erf.json"
+    code, out, _ = run(capsys, "erf", "torchvision:resnet18", "--layer", "layer2", "--input-size", "64", "--n", "2",
+                       "--json", "--out", str(out_json), "--plot", str(tmp_path / "erf.png"), "--log")
+    assert code == 0
+    doc = json.loads(out)
+    assert {"model", "layer", "protocol", "n", "input_size", "metrics", "map"} <= set(doc)
+    assert doc["layer"] == "layer2" and doc["n"] == 2 and doc["protocol"] == "replknet"
+    assert {"area_ratio", "sigma", "r2", "erf_trf_ratio"} <= set(doc["metrics"])
+    erf_map = __import__("numpy").load(doc["map"])
+    assert erf_map.shape == (64, 64) and doc["map"] == str(tmp_path / "erf.npy")
+    assert json.loads(out_json.read_text()) == doc
+    assert (tmp_path / "erf.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_erf_table_depth_plot_and_structural(capsys, tmp_path):
+    code, out, _ = run(capsys, "erf", "torchvision:resnet18", "--layers", "layer1,layer2", "--input-size", "64",
+                       "--n", "2", "--protocol", "luo", "--plot", str(tmp_path / "depth.png"))
+    assert code == 0
+    assert "layer1" in out and "layer2" in out and "protocol luo" in out and "cone crop" in out
+    assert (tmp_path / "depth.png").read_bytes()[:4] == b"\x89PNG"
+    code, out, _ = run(capsys, "erf", "torchvision:resnet18", "--layer", "layer3", "--input-size", "64",
+                       "--protocol", "structural")
+    assert code == 0 and "structural map" in out and "paths reach the input" in out
+
+
+def test_erf_errors_exit_2(capsys):
+    code, _, err = run(capsys, "erf", "torchvision:resnet18", "--layer", "layer9", "--input-size", "64", "--n", "1")
+    assert code == 2 and "no module 'layer9'" in err
+    code, _, err = run(capsys, "erf", "torchvision:resnet18", "--layer", "layer2", "--input-size", "64", "--n", "1",
+                       "--unit", "99,0")
+    assert code == 2 and "outside layer 'layer2'" in err
+    code, _, err = run(capsys, "erf", "torchvision:resnet18", "--inputs", "/nonexistent/folder", "--n", "1")
+    assert code == 2 and "does not exist" in err

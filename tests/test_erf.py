@@ -349,3 +349,27 @@ def test_a_channels_last_layer_output_is_refused():
     with pytest.raises(RflensError, match="channels-last"):
         erf(ChannelsLast(), "lin", n=1, input_size=12)
     assert erf(ChannelsLast(), "output", n=1, input_size=12).map.shape == (12, 12)
+
+
+def test_structural_map_as_an_erf_result():
+    from rflens.erf import structural
+
+    result = structural(_box_stack(6), "output", input_size=41)
+    assert result.protocol == "structural" and result.map.max() == 1
+    assert result.metrics["sigma"] == pytest.approx([math.sqrt(2 * 6 / 3)] * 2, abs=1e-12)
+    assert result.trf_box == ((14, 26), (14, 26))  # six 3x3 layers: 13 pixels around the centre 20
+    with pytest.raises(RflensError, match="no spatial output"):
+        structural(torchvision.models.resnet18(), "output", input_size=64)
+
+
+def test_batchnorm_folding_keeps_the_map():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 2.0)
+            m.running_mean.normal_()
+    folded = erf(model, "layer2", n=2, input_size=64, dtype=torch.float64)
+    plain = erf(model, "layer2", n=2, input_size=64, dtype=torch.float64, fold=False, channels_last=False)
+    assert "folded into" in folded.engine and "not folded" in plain.engine
+    np.testing.assert_allclose(folded.map, plain.map, rtol=1e-9, atol=1e-12 * plain.map.max())

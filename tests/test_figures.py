@@ -110,7 +110,7 @@ def make_erf(m: np.ndarray, trf_box, layer: str = "layer3") -> ERF:
     trf = [hi - lo + 1 for lo, hi in trf_box] if trf_box else [None] * m.ndim
     return ERF(model="toynet", layer=layer, protocol="replknet", n=8, nonfinite=0, input_size=m.shape,
                unit=tuple(s // 2 for s in m.shape), map=m, metrics=summary(m, centre, trf), path=PATH,
-               crop=None, trf_box=trf_box, inputs="noise", dtype="float32", device="cpu")
+               crop=None, trf_box=trf_box, inputs="noise", dtype="float32", device="cpu", engine="batch size 8")
 
 
 def write_png(fig: Figure, tmp_path, name: str = "erf.png") -> None:

@@ -84,19 +84,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--layer", default="output", help="module name (named_modules()) or 'output' (default)")
     e.add_argument("--layers", type=_names, default=None, metavar="A,B,C",
                    help="several layers: a table and, with --plot, ERF size against depth")
-    e.add_argument("--protocol", choices=["replknet", "kim", "luo"], default="replknet",
-                   help="target and map as in the paper the protocol is named after (default replknet)")
+    e.add_argument("--protocol", choices=["replknet", "kim", "luo", "structural"], default="replknet",
+                   help="target and map as in the paper the protocol is named after (default replknet); "
+                        "structural: path counts from the graph alone (no weights, no images)")
     e.add_argument("--inputs", default="noise", metavar="noise|DIR",
                    help="seeded Gaussian noise (default) or a folder of pictures")
     e.add_argument("--n", type=_positive, default=None,
                    help="images to average (default 50 noise images, or every picture of the folder)")
-    e.add_argument("--batch-size", type=_positive, default=16, help="images per forward/backward (default 16)")
+    e.add_argument("--batch-size", type=_positive, default=None,
+                   help="images per forward/backward (default: about six 224x224 images' worth of pixels)")
     e.add_argument("--unit", type=_unit, default=None, metavar="I,J",
                    help="the unit of the layer's output (default: the centre, n // 2 per axis)")
     e.add_argument("--noise-seed", type=int, default=0, help="seed of the noise images (default 0)")
     e.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="compute precision")
     e.add_argument("--no-crop", action="store_true", help="always run the full input (no cone cropping)")
-    e.add_argument("--channels-last", action="store_true", help="run 2-D models in channels-last memory format")
+    e.add_argument("--no-fold", action="store_true", help="keep batch norms (do not fold them into convolutions)")
+    e.add_argument("--contiguous", action="store_true",
+                   help="run 2-D models in the contiguous memory format (default: channels-last)")
     e.add_argument("--plot", type=Path, default=None,
                    help="write the heatmap (one layer) or ERF size against depth (--layers) as PNG")
     e.add_argument("--log", action="store_true", help="heatmap in log scale")
@@ -254,7 +258,7 @@ def _run_erf(args: argparse.Namespace, console: Console) -> int:
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from rflens.erf import erf
+    from rflens.erf import erf, structural
     from rflens.report.erf import erf_summary, erf_table
     from rflens.sources import describe, load_model, parse_model_args
 
@@ -271,11 +275,16 @@ def _run_erf(args: argparse.Namespace, console: Console) -> int:
                   console=errors, transient=True, disable=not errors.is_terminal) as bar:
         for layer in layers:
             task = bar.add_task(f"ERF of {layer}", total=None)
+            if args.protocol == "structural":
+                results.append(structural(model, layer, unit=args.unit, input_size=args.input_size,
+                                          in_channels=args.in_channels, model_name=describe(args.model)))
+                continue
             results.append(erf(model, layer, inputs=None if args.inputs == "noise" else args.inputs,
                                protocol=args.protocol, unit=args.unit, n=args.n, batch_size=args.batch_size,
                                input_size=args.input_size, in_channels=args.in_channels, device=args.device,
                                dtype=getattr(torch, args.dtype), seed=args.noise_seed, crop=not args.no_crop,
-                               channels_last=args.channels_last, model_name=describe(args.model),
+                               fold=not args.no_fold, channels_last=False if args.contiguous else None,
+                               model_name=describe(args.model),
                                progress=lambda done, total, task=task: bar.update(task, completed=done,
                                                                                   total=total)))
     map_file = args.map if args.map is not None else (args.out.with_suffix(".npy") if args.out else None)

@@ -10,6 +10,7 @@ receptive field is smaller than the input, the network run on the crop that fiel
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 from rflens import erf_inputs
 from rflens.cone import ConePlan, plan
 from rflens.errors import RflensError
+from rflens.fold import fold_batchnorm
 from rflens.geometry import centre_unit
 from rflens.graph import Graph
 from rflens.rf import propagate
@@ -77,11 +79,13 @@ class ERF:
     inputs: str
     dtype: str
     device: str
+    engine: str  # batch size, memory format, batch-norm folding
 
     def to_dict(self, map_file: str | None = None) -> dict[str, Any]:
         return {"model": self.model, "layer": self.layer, "protocol": self.protocol, "n": self.n,
                 "nonfinite": self.nonfinite, "input_size": list(self.input_size), "unit": list(self.unit),
                 "inputs": self.inputs, "dtype": self.dtype, "device": self.device, "path": self.path,
+                "engine": self.engine,
                 "crop": [list(c) for c in self.crop] if self.crop else None,
                 "trf_box": [list(b) for b in self.trf_box] if self.trf_box else None,
                 "metrics": self.metrics, "map": map_file}
@@ -101,53 +105,93 @@ class _Stop(Exception):  # noqa: N818 - control flow, not an error
 
 
 def erf(model: torch.nn.Module, layer: str = "output", *, inputs: Any = None, protocol: str = "replknet",
-        unit: Sequence[int] | None = None, n: int | None = None, batch_size: int = 16,
+        unit: Sequence[int] | None = None, n: int | None = None, batch_size: int | None = None,
         input_size: int | Sequence[int] | None = None, in_channels: int | None = None, device: str = "cpu",
-        dtype: torch.dtype = torch.float32, seed: int = 0, crop: bool = True, channels_last: bool = False,
-        progress: Callable[[int, int | None], None] | None = None, model_name: str | None = None) -> ERF:
+        dtype: torch.dtype = torch.float32, seed: int = 0, crop: bool = True, fold: bool = True,
+        channels_last: bool | None = None, progress: Callable[[int, int | None], None] | None = None,
+        model_name: str | None = None) -> ERF:
     """The gradient ERF of ``unit`` (default: the centre, ``n // 2`` per axis) of ``layer`` (a module name, or
     ``"output"`` for the model's output) under ``protocol`` ("replknet", "kim" or "luo").
 
     ``inputs``: None for ``n`` (default 50) seeded Gaussian noise images, a folder of pictures, or a tensor /
-    iterable of tensors. ``crop=False`` always runs the full input. ``progress(done, total)`` is called after
-    every batch. The user's model is left as it was (training flags restored, parameters untouched).
+    iterable of tensors. ``crop=False`` always runs the full input; ``fold=False`` keeps batch norms as they are
+    (:mod:`rflens.fold`); ``channels_last`` defaults to True for 2-D models; ``batch_size`` defaults to
+    :func:`default_batch_size` of the input that runs. ``progress(done, total)`` is called after every batch.
+    The user's model is left as it was (training flags restored, parameters untouched).
     """
     if protocol not in PROTOCOLS:
         raise RflensError(f"unknown ERF protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise RflensError(f"batch size must be at least 1, got {batch_size}")
     proto = PROTOCOLS[protocol]
     source = _source(model, inputs, n, input_size, in_channels, seed)
     graph, calls = _capture(model, layer, source)
-    node_id = _target_node(graph, layer)
-    fields = propagate(graph)
-    out_sizes = graph.nodes[node_id].sizes if node_id is not None else ()
-    unit = _check_unit(tuple(unit) if unit is not None else centre_unit(out_sizes), out_sizes, layer)
+    node_id, unit, trf_box, fields = _probe(graph, layer, unit)
     if node_id is None:
         where = ConePlan(None, unit, (), "the output is not a spatial map (a global op, e.g. the classifier's pooling)")
-        trf_box = None
     else:
         where = (plan(graph, node_id, unit, fields) if crop
-                 else ConePlan(None, unit, out_sizes, "cropping switched off"))
-        own = fields[node_id]
-        trf_box = None if any(f.is_global or not f.parts for f in own) else \
-            tuple((f.lo(u), f.hi(u)) for f, u in zip(own, unit, strict=True))
+                 else ConePlan(None, unit, graph.nodes[node_id].sizes, "cropping switched off"))
     dev = _device(device)
-    total, count, bad = _run(model, layer, calls, proto, source, where, batch_size, dev, dtype, channels_last,
-                             progress, graph.ndim)
+    runner, _, folding = fold_batchnorm(model, None if layer == "output" else layer, dtype) if fold else \
+        (model, 0, "batch norm not folded (switched off)")
+    run_size = tuple(b - a for a, b in where.crop) if where.crop else source.input_size
+    batch = batch_size if batch_size is not None else default_batch_size(run_size)
+    layout = torch.channels_last if (graph.ndim == 2 if channels_last is None else channels_last) and \
+        graph.ndim == 2 else torch.contiguous_format
+    total, count, bad = _run(runner, layer, calls, proto, source, where, batch, dev, dtype, layout, progress)
     if count == 0:
         raise RflensError(f"all {bad} gradient maps had NaN or inf values; no ERF to report (try dtype float64, "
                           "or check the model's weights)")
-    mean = total / count
     full = np.zeros(source.input_size, dtype=np.float64)
-    full[tuple(slice(a, b) for a, b in where.crop) if where.crop else ...] = mean
+    full[tuple(slice(a, b) for a, b in where.crop) if where.crop else ...] = total / count
+    return ERF(model_name if model_name is not None else type(model).__name__, layer, protocol, count, bad,
+               source.input_size, unit, full, _metrics(full, trf_box), where.describe(), where.crop, trf_box,
+               source.description, str(dtype).removeprefix("torch."), str(dev),
+               f"batch size {batch}, {'channels-last' if layout is torch.channels_last else 'contiguous'}; {folding}")
+
+
+def structural(model: torch.nn.Module, layer: str = "output", *, unit: Sequence[int] | None = None,
+               input_size: int | Sequence[int] | None = None, in_channels: int | None = None,
+               model_name: str | None = None) -> ERF:
+    """The structural map (:mod:`rflens.pathcount`: how many paths join each input pixel to the unit, from the
+    graph alone) as an ERF result with the same metrics and pictures: the uniform-weight ERF of Luo et al., the
+    baseline a trained network's ERF is judged against. No weights, no images, no FLOPs."""
+    from rflens.pathcount import path_counts
+
+    source = _source(model, None, 1, input_size, in_channels, 0)
+    graph, _ = _capture(model, layer, source)
+    node_id, unit, trf_box, _ = _probe(graph, layer, unit)
+    if node_id is None:
+        raise RflensError(f"layer {layer!r} has no spatial output: its structural map would be uniform; "
+                          "choose a layer whose output is a map")
+    counts = path_counts(graph, node_id, unit)
+    return ERF(model_name if model_name is not None else type(model).__name__, layer, "structural", 0, 0,
+               source.input_size, unit, counts.map, _metrics(counts.map, trf_box),
+               f"path counts from the graph alone: 10^{counts.total_log10:.1f} paths reach the input", None,
+               trf_box, "no images (geometry only)", "float64", "none", "scaled so the largest count is 1")
+
+
+def _probe(graph: Graph, layer: str, unit: Sequence[int] | None
+           ) -> tuple[int | None, tuple[int, ...], tuple[tuple[int, int], ...] | None, list]:
+    """The layer's output node, the unit (checked; the centre by default), its theoretical field per axis
+    (``[lo, hi]``, unclipped; None when global) and every node's field."""
+    node_id = _target_node(graph, layer)
+    fields = propagate(graph)
+    sizes = graph.nodes[node_id].sizes if node_id is not None else ()
+    unit = _check_unit(tuple(unit) if unit is not None else centre_unit(sizes), sizes, layer)
+    if node_id is None or any(f.is_global or not f.parts for f in fields[node_id]):
+        return node_id, unit, None, fields
+    return node_id, unit, tuple((f.lo(u), f.hi(u)) for f, u in zip(fields[node_id], unit, strict=True)), fields
+
+
+def _metrics(erf_map: np.ndarray, trf_box: tuple[tuple[int, int], ...] | None) -> dict[str, Any]:
+    """The map's metrics, centred on the unit's field (the input's centre when the field is global)."""
     from rflens.erf_metrics import summary
 
-    centre = tuple((lo + hi) / 2 for lo, hi in trf_box) if trf_box else tuple((s - 1) / 2 for s in source.input_size)
-    metrics = summary(full, centre, tuple(hi - lo + 1 for lo, hi in trf_box) if trf_box else (None,) * graph.ndim)
-    return ERF(model_name if model_name is not None else type(model).__name__, layer, protocol, count, bad,
-               source.input_size, unit, full, metrics, where.describe(), where.crop, trf_box, source.description,
-               str(dtype).removeprefix("torch."), str(dev))
+    if trf_box is None:
+        return summary(erf_map, tuple((s - 1) / 2 for s in erf_map.shape), (None,) * erf_map.ndim)
+    return summary(erf_map, tuple((lo + hi) / 2 for lo, hi in trf_box), tuple(hi - lo + 1 for lo, hi in trf_box))
 
 
 # -- set-up ------------------------------------------------------------------------------------------------
@@ -247,12 +291,21 @@ def _device(device: str) -> torch.device:
 
 
 # -- the engine --------------------------------------------------------------------------------------------
+def default_batch_size(run_size: Sequence[int]) -> int:
+    """Images per forward/backward: about six 224x224 images' worth of pixels (1 to 16 images). Measured on a
+    2-core CPU with ResNet-50: larger batches of large inputs run slower (their activations leave the caches),
+    and the activations of a batch stay within a few GiB."""
+    return max(1, min(16, round(_PIXELS_PER_BATCH / math.prod(run_size))))
+
+
+_PIXELS_PER_BATCH = 6 * 224 * 224
+
+
 def _run(model: torch.nn.Module, layer: str, calls: int, proto: Protocol, source: erf_inputs.InputSource,
-         where: ConePlan, batch_size: int, device: torch.device, dtype: torch.dtype, channels_last: bool,
-         progress: Callable[[int, int | None], None] | None, ndim: int) -> tuple[np.ndarray, int, int]:
+         where: ConePlan, batch_size: int, device: torch.device, dtype: torch.dtype, layout: torch.memory_format,
+         progress: Callable[[int, int | None], None] | None) -> tuple[np.ndarray, int, int]:
     """Sum of the finite per-image maps (over the crop when there is one), their count, and the count of
     maps with NaN or inf."""
-    layout = torch.channels_last if channels_last and ndim == 2 else torch.contiguous_format
     tensors = {name: _cast(t, device, dtype, layout) for name, t in
                [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]}
     window = (slice(None), slice(None), *(slice(a, b) for a, b in where.crop)) if where.crop else ...

@@ -20,11 +20,15 @@ def _axes(values: Sequence[float | None] | None, fmt: str = ".1f") -> str:
 
 def erf_summary(results: Sequence[ERF]) -> str:
     first = results[0]
-    proto = PROTOCOLS[first.protocol]
     size = "x".join(map(str, first.input_size))
-    lines = [f"[bold]{first.model}[/] at {size}: ERF, protocol [bold]{proto.name}[/] ({proto.paper})",
-             f"target: {proto.target_text}; map: {proto.map_text}; averaged over {first.inputs}, {first.dtype} on "
-             f"{first.device}"]
+    if first.protocol in PROTOCOLS:
+        proto = PROTOCOLS[first.protocol]
+        lines = [f"[bold]{first.model}[/] at {size}: ERF, protocol [bold]{proto.name}[/] ({proto.paper})",
+                 f"target: {proto.target_text}; map: {proto.map_text}; averaged over {first.inputs}, {first.dtype} "
+                 f"on {first.device}; {first.engine}"]
+    else:
+        lines = [f"[bold]{first.model}[/] at {size}: structural map (number of paths from each input pixel to the "
+                 "unit; the uniform-weight ERF of Luo et al.), from the graph alone"]
     for r in results:
         lines.append(f"{r.layer} unit {r.unit}: {r.path}")
         if r.nonfinite:
@@ -48,5 +52,5 @@ def erf_table(results: Sequence[ERF]) -> Table:
         table.add_row(r.layer, trf, *(_num(m["area_ratio"][t], ".2%") for t in thresholds),
                       _axes(m["sigma"]), _num(m["r2"], ".3f"), _num(m["erf_trf_ratio"], ".3f"),
                       _axes(m["com_offset"], "+.1f"), f"{_num(m['radius_50'], '.0f')} / {_num(m['radius_90'], '.0f')}",
-                      f"{r.n}" + (f" (+{r.nonfinite} NaN/inf)" if r.nonfinite else ""))
+                      f"{r.n}" + (f" (+{r.nonfinite} NaN/inf)" if r.nonfinite else "") if r.n else "-")
     return table

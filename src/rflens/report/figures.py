@@ -247,7 +247,8 @@ def _norm(peak: float, log: bool) -> tuple[Normalize, str]:
 
 def _header(result: ERF, slice_note: str = "") -> tuple[str, str]:
     """The figure's title and its small caption (the unit, how the map was computed, images left out)."""
-    title = f"ERF: {result.model}, layer {result.layer} ({result.protocol}, {_images(result.n)})"
+    title = (f"ERF: {result.model}, layer {result.layer} ({result.protocol}, {_images(result.n)})" if result.n else
+             f"structural map: {result.model}, layer {result.layer} (path counts, no weights)")
     unit = f"unit ({', '.join(map(str, result.unit))})" if result.unit else "unit: the whole (non-spatial) output"
     caption = f"{unit}; {result.path}"
     if result.nonfinite:
