@@ -1,7 +1,7 @@
 """Regenerate the figures of the documentation (docs/img/). Run from anywhere: ``python scripts/make_figures.py``.
 
-The model is randomly initialised (``weights=None``): the border analysis is pure geometry, so weights would
-change nothing and need a download.
+Models are randomly initialised (``weights=None``, no download): the border analysis is pure geometry, and the
+ERF figures show what an untrained ResNet-50 sees (Luo et al.'s setting), seeded, so they are reproducible.
 """
 
 from __future__ import annotations
@@ -11,6 +11,9 @@ from pathlib import Path
 import torchvision
 
 from rflens.border import border_report
+from rflens.erf import erf
+from rflens.report.figures import erf_depth_figure
+from rflens.sources import load_model
 
 IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 
@@ -20,6 +23,18 @@ def main() -> None:
     report = border_report(torchvision.models.vgg19(weights=None), 224, model_name="torchvision:vgg19")
     path = IMG / "border_vgg19.png"
     report.plot(path)
+    print(f"wrote {path}")
+
+    name = "torchvision:resnet50"
+    resnet = load_model(name)  # random init with seed 0
+    result = erf(resnet, "layer3", n=16, input_size=448, model_name=name)  # its 267 px field inside the image
+    path = IMG / "erf_resnet50_layer3.png"
+    result.plot(path, log=True)
+    print(f"wrote {path}")
+    layers = ["layer1", "layer2", "layer3", "layer4"]
+    path = IMG / "erf_depth_resnet50.png"
+    erf_depth_figure([erf(resnet, layer, n=16, input_size=224, model_name=name) for layer in layers]).savefig(
+        path, dpi=120, bbox_inches="tight")
     print(f"wrote {path}")
 
 

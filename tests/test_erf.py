@@ -373,3 +373,23 @@ def test_batchnorm_folding_keeps_the_map():
     plain = erf(model, "layer2", n=2, input_size=64, dtype=torch.float64, fold=False, channels_last=False)
     assert "folded into" in folded.engine and "not folded" in plain.engine
     np.testing.assert_allclose(folded.map, plain.map, rtol=1e-9, atol=1e-12 * plain.map.max())
+
+
+def test_rflens_erf_is_the_call_and_the_module():
+    import rflens
+
+    result = rflens.erf(nn.Conv2d(1, 1, 3), n=1, input_size=9)
+    assert isinstance(result, rflens.ERF) and "replknet" in rflens.erf.PROTOCOLS
+    assert rflens.structural(nn.Conv2d(1, 1, 3), input_size=9).map.max() == 1
+
+
+def test_pictures_use_the_timm_data_config_when_the_model_has_one():
+    timm = pytest.importorskip("timm")
+    from rflens.erf_inputs import Preprocess
+
+    model = timm.create_model("resnet18", pretrained=False)
+    pre = Preprocess.for_model(model)
+    cfg = model.pretrained_cfg
+    assert pre.source == "the model's timm data config"
+    assert pre.mean == tuple(cfg["mean"]) and pre.std == tuple(cfg["std"]) and pre.crop_pct == cfg["crop_pct"]
+    assert Preprocess.for_model(torchvision.models.resnet18()).source == "ImageNet statistics"

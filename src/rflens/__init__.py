@@ -20,12 +20,17 @@ __version__ = "0.1.0"
 __all__ = [
     "BorderReport", "CaptureError", "InputSizeError", "InputTooSmallError", "LayerBorder", "LayerRF",
     "MetaDeviceError", "ModelSourceError", "NotResizableError", "ReceptiveFields", "RefineError", "Resolutions",
-    "PathMap", "RflensError", "UnsupportedOpError", "WeightsError", "border_report", "path_counts", "receptive_field",
-    "refine", "structural_map",
+    "ERF", "PathMap", "RflensError", "UnsupportedOpError", "WeightsError", "border_report", "erf", "path_counts",
+    "receptive_field", "refine", "structural", "structural_map",
 ]
 
 
-def __getattr__(name: str):  # torch is imported only when a model is changed; scipy only to count paths
+def __getattr__(name: str):  # torch is imported only when a model is changed or run; scipy only to count paths
+    if name in ("erf", "ERF", "structural"):  # rflens.erf is the module, callable as the function
+        import importlib
+
+        module = importlib.import_module("rflens.erf")
+        return module if name == "erf" else getattr(module, name)
     if name == "refine":
         from rflens.transforms import refine
 

@@ -11,6 +11,8 @@ receptive field is smaller than the input, the network run on the crop that fiel
 from __future__ import annotations
 
 import math
+import sys
+import types
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -385,3 +387,15 @@ def _first_tensor(output: Any, layer: str) -> torch.Tensor:
     raise RflensError(f"layer {layer!r} returns no floating-point tensor")
 
 
+
+
+class _CallableModule(types.ModuleType):
+    """``rflens.erf(model, ...)`` is the public call while ``rflens.erf`` is also this module (Python binds a
+    package's attribute to its submodule on import, so a function of that name could not stay there): calling
+    the module calls :func:`erf`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ERF:
+        return erf(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
