@@ -177,7 +177,7 @@ def test_size_dependent_ops_are_not_cropped():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(16), nn.Conv2d(4, 4, 3, padding=1))
     result = _same_with_and_without_crop(model, "output", 64, (8, 8))
-    assert result.crop is None and "reads differently" in result.path, result.path
+    assert result.crop is None and "resamples differently" in result.path, result.path
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -206,7 +206,7 @@ def test_global_models_are_not_cropped():
 def test_circular_padding_falls_back_at_the_border():
     model = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular"), nn.Conv2d(1, 1, 3, padding=1))
     edge = _same_with_and_without_crop(model, "output", 32, (0, 16))
-    assert edge.crop is None and "wraps" in edge.path
+    assert edge.crop is None and "near the crop's edge" in edge.path
     assert _same_with_and_without_crop(model, "output", 32, (16, 16)).crop is not None
 
 
@@ -393,3 +393,32 @@ def test_pictures_use_the_timm_data_config_when_the_model_has_one():
     assert pre.source == "the model's timm data config"
     assert pre.mean == tuple(cfg["mean"]) and pre.std == tuple(cfg["std"]) and pre.crop_pct == cfg["crop_pct"]
     assert Preprocess.for_model(torchvision.models.resnet18()).source == "ImageNet statistics"
+
+
+class _Sliced(nn.Module):
+    """Two 3x3 convs after a slice or a negative pad: the crop must not read pixels the slice dropped."""
+
+    def __init__(self, cut):
+        super().__init__()
+        self.cut = cut
+        self.c1 = nn.Conv2d(1, 2, 3, padding=1)
+        self.c2 = nn.Conv2d(2, 1, 3, padding=1)
+
+    def forward(self, x):
+        return self.c2(torch.relu(self.c1(self.cut(x))))
+
+
+@pytest.mark.parametrize("cut", [lambda x: x[..., 2:], lambda x: x[..., :-2], lambda x: x[..., 0:28],
+                                 lambda x: torch.nn.functional.pad(x, (-2, 0)), lambda x: x[..., 1::2],
+                                 lambda x: x[..., :1].expand(-1, -1, -1, 32)])
+def test_slices_and_negative_padding_in_the_cone(cut):
+    torch.manual_seed(0)
+    model = _Sliced(cut).double()
+    for unit in [None, (16, 0), (0, 1)]:
+        _same_with_and_without_crop(model, "output", 32, unit, protocol="luo")
+
+
+def test_a_unit_that_reads_only_padding():
+    model = nn.Conv2d(1, 1, 1, padding=2).double()
+    result = _same_with_and_without_crop(model, "output", 8, (0, 0), protocol="luo")
+    assert result.crop is None and "only padding" in result.path and result.map.max() == 0

@@ -78,3 +78,25 @@ def test_folded_weights_take_the_run_dtype(dtype):
     model = _randomise_bn(nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4)))
     folded, count, _ = fold_batchnorm(model, dtype=dtype)
     assert count == 1 and folded[0].weight.dtype == dtype and folded[0].bias.dtype == dtype
+
+
+def test_a_model_in_train_mode_is_traced_in_eval_mode():
+    class EvalBranch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            out = self.bn(y)
+            if not self.training:  # in eval mode the raw conv output is used again
+                out = out + y
+            return out
+
+    model = _randomise_bn(EvalBranch()).train()
+    folded, count, _ = fold_batchnorm(model)
+    assert count == 0 and folded is model and model.training
+    x = torch.randn(1, 3, 8, 8)
+    model.eval()
+    torch.testing.assert_close(folded(x), model(x))

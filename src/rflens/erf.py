@@ -132,7 +132,10 @@ def erf(model: torch.nn.Module, layer: str = "output", *, inputs: Any = None, pr
     if node_id is None:
         where = ConePlan(None, unit, (), "the output is not a spatial map (a global op, e.g. the classifier's pooling)")
     else:
-        where = (plan(graph, node_id, unit, fields) if crop
+        from rflens.capture import capture
+
+        where = (plan(graph, node_id, unit, fields,
+                      capture_at=lambda size: capture(model, size, in_channels=source.in_channels)) if crop
                  else ConePlan(None, unit, graph.nodes[node_id].sizes, "cropping switched off"))
     dev = _device(device)
     runner, _, folding = fold_batchnorm(model, None if layer == "output" else layer, dtype) if fold else \
@@ -147,9 +150,10 @@ def erf(model: torch.nn.Module, layer: str = "output", *, inputs: Any = None, pr
                           "or check the model's weights)")
     full = np.zeros(source.input_size, dtype=np.float64)
     full[tuple(slice(a, b) for a, b in where.crop) if where.crop else ...] = total / count
+    metrics = _metrics(full, trf_box, _centred(graph, node_id, unit))
     return ERF(model_name if model_name is not None else type(model).__name__, layer, protocol, count, bad,
-               source.input_size, unit, full, _metrics(full, trf_box), where.describe(), where.crop, trf_box,
-               source.description, str(dtype).removeprefix("torch."), str(dev),
+               source.input_size, unit, full, metrics, where.describe(), where.crop, trf_box, source.description,
+               str(dtype).removeprefix("torch."), str(dev),
                f"batch size {batch}, {'channels-last' if layout is torch.channels_last else 'contiguous'}; {folding}")
 
 
@@ -169,7 +173,7 @@ def structural(model: torch.nn.Module, layer: str = "output", *, unit: Sequence[
                           "choose a layer whose output is a map")
     counts = path_counts(graph, node_id, unit)
     return ERF(model_name if model_name is not None else type(model).__name__, layer, "structural", 0, 0,
-               source.input_size, unit, counts.map, _metrics(counts.map, trf_box),
+               source.input_size, unit, counts.map, _metrics(counts.map, trf_box, _centred(graph, node_id, unit)),
                f"path counts from the graph alone: 10^{counts.total_log10:.1f} paths reach the input", None,
                trf_box, "no images (geometry only)", "float64", "none", "scaled so the largest count is 1")
 
@@ -187,13 +191,21 @@ def _probe(graph: Graph, layer: str, unit: Sequence[int] | None
     return node_id, unit, tuple((f.lo(u), f.hi(u)) for f, u in zip(fields[node_id], unit, strict=True)), fields
 
 
-def _metrics(erf_map: np.ndarray, trf_box: tuple[tuple[int, int], ...] | None) -> dict[str, Any]:
-    """The map's metrics, centred on the unit's field (the input's centre when the field is global)."""
+def _centred(graph: Graph, node_id: int | None, unit: tuple[int, ...]) -> bool:
+    return node_id is None or unit == centre_unit(graph.nodes[node_id].sizes)
+
+
+def _metrics(erf_map: np.ndarray, trf_box: tuple[tuple[int, int], ...] | None, centred: bool) -> dict[str, Any]:
+    """The map's metrics around the unit's field centre (the input's centre when the field is global). The
+    area-ratio squares sit at the map's centre pixel for the centre unit, as RepLKNet defines them, else at the
+    pixel of the unit's field centre (clipped into the image)."""
     from rflens.erf_metrics import summary
 
     if trf_box is None:
         return summary(erf_map, tuple((s - 1) / 2 for s in erf_map.shape), (None,) * erf_map.ndim)
-    return summary(erf_map, tuple((lo + hi) / 2 for lo, hi in trf_box), tuple(hi - lo + 1 for lo, hi in trf_box))
+    centre = tuple((lo + hi) / 2 for lo, hi in trf_box)
+    square = None if centred else tuple(min(max(int(c), 0), n - 1) for c, n in zip(centre, erf_map.shape, strict=True))
+    return summary(erf_map, centre, tuple(hi - lo + 1 for lo, hi in trf_box), square_centre=square)
 
 
 # -- set-up ------------------------------------------------------------------------------------------------

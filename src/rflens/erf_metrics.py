@@ -126,7 +126,7 @@ def _safe(value: float) -> float | None:
 
 
 def area_ratios(erf_map: ArrayLike, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, *,
-                transform: bool = True) -> dict[float, float]:
+                transform: bool = True, centre: Sequence[int] | None = None) -> dict[float, float]:
     """RepLKNet's high-contribution area ratio of an ERF map, for each threshold ``t`` in (0, 1).
 
     Why: a single number per threshold saying how much of the input a unit draws on, the measure Ding et al.
@@ -158,7 +158,9 @@ def area_ratios(erf_map: ArrayLike, thresholds: Sequence[float] = DEFAULT_THRESH
         return {t: _NAN for t in ts}
     scaled = (np.log1p(m) / np.log1p(peak)) if transform else (m / peak)
     shape = m.shape
-    centre = [n // 2 for n in shape]
+    centre = [n // 2 for n in shape] if centre is None else [int(c) for c in centre]
+    if len(centre) != m.ndim or any(not 0 <= c < n for c, n in zip(centre, shape, strict=True)):
+        raise ValueError(f"centre {tuple(centre)} is not a pixel of a map of shape {shape}")
     # Chebyshev distance of every pixel to the centre: the square of half-width i holds the pixels with d <= i.
     cheb = np.zeros(shape, dtype=np.int64)
     for a, n in enumerate(shape):
@@ -503,10 +505,12 @@ def erf_trf_ratio(sigma: Sequence[float], trf_size: float | Sequence[float | Non
 
 def summary(erf_map: ArrayLike, expected_centre: Sequence[float],
             trf_size: float | Sequence[float | None] | None,
-            thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> dict[str, Any]:
+            thresholds: Sequence[float] = DEFAULT_THRESHOLDS, square_centre: Sequence[int] | None = None
+            ) -> dict[str, Any]:
     """Every metric of one ERF map in a JSON-safe dict (NaN becomes ``None``, keys are strings).
 
-    Keys: ``area_ratio`` (``{str(t): ratio}``, :func:`area_ratios` with the log transform), ``sigma`` and
+    Keys: ``area_ratio`` (``{str(t): ratio}``, :func:`area_ratios` with the log transform, its squares centred
+    at ``square_centre``, default the map's centre), ``sigma`` and
     ``centre`` (:func:`moments`), ``fit`` (``sigma``, ``centre``, ``amplitude``, ``r2`` of
     :func:`gaussian_fit`), ``r2`` (the fit's R² again, at top level), ``erf_trf_ratio`` (from the moments'
     sigma: the maximum-likelihood Gaussian, defined whenever there is mass), ``com_offset``
@@ -515,9 +519,9 @@ def summary(erf_map: ArrayLike, expected_centre: Sequence[float],
     """
     m = _check_map(erf_map)
     expected = _check_point(expected_centre, m.ndim, "expected_centre")
-    ratios = area_ratios(m, thresholds)
+    ratios = area_ratios(m, thresholds, centre=square_centre)
     centre, sigma = moments(m)
-    fit = gaussian_fit(m)
+    fit = gaussian_fit(m, centre_guess=expected)
     radii, cumulative = radial_mass(m, expected)
     return {
         "area_ratio": {str(t): _safe(v) for t, v in ratios.items()},

@@ -5,7 +5,8 @@ with weights scaled by ``a`` and bias ``a * bias + b``: the same function, compu
 feature map in the forward and another in the backward (about a fifth of a ResNet's input-gradient time on a
 CPU). The result differs from the unfolded network only by floating-point rounding.
 
-Pairs are found with ``torch.fx`` on the model's code and changed on a copy; the user's model is untouched.
+Pairs are found with ``torch.fx`` on an eval-mode copy of the model (so branches on ``self.training`` take their
+eval path, and whatever the forward caches stays on the copy), and changed on that copy.
 A pair is folded only when the convolution's output feeds nothing but the BatchNorm, both are sibling modules
 called once, the BatchNorm uses running statistics, and the convolution is not the probed layer (its own
 output would change). A model fx cannot trace is used as it is, and the reason is returned.
@@ -27,15 +28,15 @@ def fold_batchnorm(model: nn.Module, keep: str | None = None,
     """``(model or a folded copy, pairs folded, what was done)``; ``keep`` is a module whose output must not
     change (the probed layer); ``dtype``: that of the folded weights (default: the convolution's), so that a
     float64 run of a float32 model folds in float64."""
-    pairs = _pairs(model, keep)
+    try:
+        folded = copy.deepcopy(model).eval()  # traced in eval mode: branches on self.training take their eval path
+    except Exception as exc:  # noqa: BLE001 - a model that cannot be copied is simply not folded
+        return model, 0, f"batch norm not folded: the model cannot be copied ({exc})"
+    pairs = _pairs(folded, keep)  # fx runs the copy's forward: whatever it caches stays on the copy
     if isinstance(pairs, str):
         return model, 0, f"batch norm not folded: {pairs}"
     if not pairs:
         return model, 0, "no batch norm to fold"
-    try:
-        folded = copy.deepcopy(model)
-    except Exception as exc:  # noqa: BLE001 - a model that cannot be copied is simply not folded
-        return model, 0, f"batch norm not folded: the model cannot be copied ({exc})"
     modules = dict(folded.named_modules())
     for conv_name, bn_name in pairs:
         _fold(modules[conv_name], modules[bn_name], dtype)
