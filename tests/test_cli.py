@@ -214,6 +214,6 @@ def test_erf_errors_exit_2(capsys):
     assert code == 2 and "no module 'layer9'" in err
     code, _, err = run(capsys, "erf", "torchvision:resnet18", "--layer", "layer2", "--input-size", "64", "--n", "1",
                        "--unit", "99,0")
-    assert code == 2 and "outside layer 'layer2'" in err
+    assert code == 2 and "layer 'layer2': unit (99, 0) is outside" in err
     code, _, err = run(capsys, "erf", "torchvision:resnet18", "--inputs", "/nonexistent/folder", "--n", "1")
     assert code == 2 and "does not exist" in err

@@ -112,9 +112,9 @@ def test_batched_equals_one_by_one_and_is_deterministic():
 def test_erf_lies_inside_the_theoretical_support(unit):
     torch.manual_seed(0)
     model = torchvision.models.resnet18()
-    result = erf(model, "layer2", n=2, input_size=64, unit=unit, dtype=torch.float64)
+    result = erf(model, "layer2", n=2, input_size=64, unit=unit, dtype=torch.float64, crop=False)
     graph = capture(model, 64)
-    sup = support(graph, graph.module_outputs["layer2"], result.unit)
+    sup = support(graph, graph.module_outputs["layer2"], result.unit)  # the map of a full-input run (crop=False)
     assert np.all(result.map[~sup] == 0)
     assert result.map[sup].max() > 0
 
@@ -313,7 +313,7 @@ def test_errors_name_the_problem():
     model = torchvision.models.resnet18()
     with pytest.raises(RflensError, match="no module 'layer9'.*close: layer"):
         erf(model, "layer9", n=1, input_size=64)
-    with pytest.raises(RflensError, match=r"unit \(9, 0\) is outside layer 'layer2'"):
+    with pytest.raises(RflensError, match=r"layer 'layer2': unit \(9, 0\) is outside the output of size \(8, 8\)"):
         erf(model, "layer2", n=1, input_size=64, unit=(9, 0))
     with pytest.raises(RflensError, match="unknown ERF protocol"):
         erf(model, protocol="magic")
@@ -358,8 +358,8 @@ def test_structural_map_as_an_erf_result():
     assert result.protocol == "structural" and result.map.max() == 1
     assert result.metrics["sigma"] == pytest.approx([math.sqrt(2 * 6 / 3)] * 2, abs=1e-12)
     assert result.trf_box == ((14, 26), (14, 26))  # six 3x3 layers: 13 pixels around the centre 20
-    with pytest.raises(RflensError, match="no spatial output"):
-        structural(torchvision.models.resnet18(), "output", input_size=64)
+    pooled = structural(torchvision.models.resnet18(), "output", input_size=64)  # the paths into the logits
+    assert pooled.trf_box is None and pooled.map.min() > 0
 
 
 def test_batchnorm_folding_keeps_the_map():
@@ -422,3 +422,81 @@ def test_a_unit_that_reads_only_padding():
     model = nn.Conv2d(1, 1, 1, padding=2).double()
     result = _same_with_and_without_crop(model, "output", 8, (0, 0), protocol="luo")
     assert result.crop is None and "only padding" in result.path and result.map.max() == 0
+
+
+def test_inputs_from_a_loader_of_pairs_stop_at_n_and_channels_are_checked():
+    pulled = []
+
+    def loader():
+        for i in range(100):
+            pulled.append(i)
+            yield torch.randn(2, 1, 9, 9), torch.zeros(2)
+
+    result = erf(nn.Conv2d(1, 1, 3), inputs=loader(), n=3)
+    assert result.n == 3 and len(pulled) == 2
+    with pytest.raises(RflensError, match="in_channels 3 differs"):
+        erf(nn.Conv2d(1, 1, 3), inputs=torch.randn(2, 1, 9, 9), in_channels=3)
+
+
+def test_meta_models_stop_exceptions_and_batch_statistics():
+    with pytest.raises(RflensError, match="meta device"):
+        erf(nn.Conv2d(1, 1, 3, device="meta"), n=1, input_size=9)
+
+    class Guarded(nn.Module):  # a model that catches every Exception of its layers must not swallow the stop
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 1, 3), nn.Conv2d(1, 1, 3)
+
+        def forward(self, x):
+            try:
+                y = self.a(x)
+            except Exception:  # noqa: BLE001
+                y = x[..., 1:-1, 1:-1] * 0
+            return self.b(y)
+
+    result = erf(Guarded().double(), "a", n=1, input_size=9, dtype=torch.float64, protocol="luo")
+    assert result.map.max() > 0
+    stats = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False), nn.Conv2d(2, 1, 3))
+    result = erf(stats, "0", n=3, input_size=12)
+    assert "batch size 1 because '1' normalises with batch statistics" in result.engine
+
+
+@pytest.mark.parametrize("shape", [(301, 257), (200, 420)])
+def test_pictures_match_timms_eval_transform(tmp_path, shape):
+    timm = pytest.importorskip("timm")
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    from rflens.erf_inputs import Preprocess, _picture
+
+    model = timm.create_model("resnet18", pretrained=False)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(tmp_path / "x.png")
+    config = resolve_data_config({}, model=model)
+    want = create_transform(**config)(Image.open(tmp_path / "x.png").convert("RGB"))
+    got = _picture(tmp_path / "x.png", 3, tuple(config["input_size"][1:]), Preprocess.for_model(model))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+class _CoordChannel(nn.Module):
+    """A position channel built from a map-shaped constant: the graph cannot see its values."""
+
+    def __init__(self, position: bool):
+        super().__init__()
+        self.position = position
+        self.conv = nn.Conv2d(2, 1, 3, padding=1)
+
+    def forward(self, x):
+        extra = torch.ones_like(x[:, :1])
+        extra = extra.cumsum(-1) / 64 if self.position else extra * 0.5
+        return self.conv(torch.cat([x, extra], 1))
+
+
+def test_position_maps_built_from_constants_disable_the_crop():
+    torch.manual_seed(0)
+    coord = _same_with_and_without_crop(_CoordChannel(True).double(), "output", 32, (16, 5), protocol="luo",
+                                        in_channels=1)
+    assert coord.crop is None and "aten.cumsum on a tensor shaped like a feature map" in coord.path
+    uniform = _same_with_and_without_crop(_CoordChannel(False).double(), "output", 32, (16, 5), protocol="luo",
+                                          in_channels=1)
+    assert uniform.crop is not None

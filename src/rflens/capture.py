@@ -36,11 +36,20 @@ from rflens.rules import RULES, State, _op_name, not_spatial, pad_rule, pointwis
 
 aten = torch.ops.aten
 
+_UNIFORM_KEEPING = {aten.view, aten._unsafe_view, aten.reshape, aten.permute, aten.transpose, aten.expand,
+                    aten.slice, aten.select, aten.unsqueeze, aten.squeeze, aten.clone, aten.detach, aten.alias,
+                    aten._to_copy, aten.copy_, aten.contiguous, aten.fill_, aten.zero_, aten.t, aten.flatten}
+
+
 class _Recorder(TorchDispatchMode):
     def __init__(self, graph: Graph) -> None:
         super().__init__()
         self.graph = graph
         self.states: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        # tensors made to the shape of a feature map with no dependence on its values (ones_like(x)...):
+        # harmless while uniform, but an op that makes their values depend on the position (cumsum, a conv
+        # with padding) builds a position map the graph cannot see: that counts as reading the map's size
+        self.shaped: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.modules: list[str] = [""]
         self.paused = 0
 
@@ -69,6 +78,17 @@ class _Recorder(TorchDispatchMode):
         node = self.graph.add(_op_name(func), self.module, tuple(s.node for s in inputs),
                               tuple(tuple(r) for r in reads), sizes, tuple(out.shape))
         self.set(out, State(node.id, tuple(dims), hidden))
+
+    def shaped_op(self, func: Any, out: Any) -> None:
+        """An op on a map-shaped constant: pointwise ops, views and copies keep it uniform; any other op may
+        make it depend on the position, which is recorded as a size read."""
+        if torch.Tag.pointwise in func.tags or func.overloadpacket in _UNIFORM_KEEPING:
+            for o in pytree.tree_leaves(out):
+                if isinstance(o, torch.Tensor):
+                    self.shaped[o] = True
+        elif not self.graph.size_reads:
+            self.graph.size_reads.append(f"aten.{_op_name(func)} on a tensor shaped like a feature map in module "
+                                         f"'{self.module}' (its values may depend on the position)")
 
     def unsupported(self, func: Any, detail: str) -> UnsupportedOpError:
         return UnsupportedOpError(f"aten.{_op_name(func)}", self.module, detail)
@@ -118,6 +138,8 @@ class _Recorder(TorchDispatchMode):
             return out
         leaves = pytree.tree_leaves((args, kwargs))
         if not any(isinstance(t, torch.Tensor) and t in self.states for t in leaves):
+            if any(isinstance(t, torch.Tensor) and t in self.shaped for t in leaves):
+                self.shaped_op(func, out)
             return out  # parameters, constants: no dependence on the input
         rule = RULES.get(func.overloadpacket)
         if rule is None and torch.Tag.pointwise in func.tags:

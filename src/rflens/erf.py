@@ -26,7 +26,7 @@ from rflens.cone import ConePlan, plan
 from rflens.errors import RflensError
 from rflens.fold import fold_batchnorm
 from rflens.geometry import centre_unit
-from rflens.graph import Graph
+from rflens.graph import Graph, Node, check_unit
 from rflens.rf import propagate
 
 
@@ -101,7 +101,7 @@ class ERF:
         erf_figure(self, log=log).savefig(path, dpi=120, bbox_inches="tight")
 
 
-class _Stop(Exception):  # noqa: N818 - control flow, not an error
+class _Stop(BaseException):  # noqa: N818 - control flow: a model's own `except Exception` must not catch it
     def __init__(self, output: Any) -> None:
         self.output = output
 
@@ -126,22 +126,29 @@ def erf(model: torch.nn.Module, layer: str = "output", *, inputs: Any = None, pr
     if batch_size is not None and batch_size < 1:
         raise RflensError(f"batch size must be at least 1, got {batch_size}")
     proto = PROTOCOLS[protocol]
+    dev = _device(device)
+    if any(p.is_meta for p in model.parameters()):
+        raise RflensError("the model's parameters are on the meta device (they hold no values): build it with "
+                          "real (random or trained) weights")
     source = _source(model, inputs, n, input_size, in_channels, seed)
-    graph, calls = _capture(model, layer, source)
+    trace = _tracer(model, source.in_channels, dev)
+    graph, calls = _capture(model, layer, source, trace)
     node_id, unit, trf_box, fields = _probe(graph, layer, unit)
     if node_id is None:
         where = ConePlan(None, unit, (), "the output is not a spatial map (a global op, e.g. the classifier's pooling)")
     else:
-        from rflens.capture import capture
-
-        where = (plan(graph, node_id, unit, fields,
-                      capture_at=lambda size: capture(model, size, in_channels=source.in_channels)) if crop
+        where = (plan(graph, node_id, unit, fields, capture_at=trace) if crop
                  else ConePlan(None, unit, graph.nodes[node_id].sizes, "cropping switched off"))
-    dev = _device(device)
     runner, _, folding = fold_batchnorm(model, None if layer == "output" else layer, dtype) if fold else \
         (model, 0, "batch norm not folded (switched off)")
     run_size = tuple(b - a for a, b in where.crop) if where.crop else source.input_size
-    batch = batch_size if batch_size is not None else default_batch_size(run_size)
+    coupled = [name for name, m in model.named_modules()
+               if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is None]
+    if coupled:  # it normalises with the statistics of the batch even in eval mode: images are not independent
+        batch = 1
+        folding += f"; batch size 1 because '{coupled[0]}' normalises with batch statistics"
+    else:
+        batch = batch_size if batch_size is not None else default_batch_size(run_size)
     layout = torch.channels_last if (graph.ndim == 2 if channels_last is None else channels_last) and \
         graph.ndim == 2 else torch.contiguous_format
     total, count, bad = _run(runner, layer, calls, proto, source, where, batch, dev, dtype, layout, progress)
@@ -163,14 +170,14 @@ def structural(model: torch.nn.Module, layer: str = "output", *, unit: Sequence[
     """The structural map (:mod:`rflens.pathcount`: how many paths join each input pixel to the unit, from the
     graph alone) as an ERF result with the same metrics and pictures: the uniform-weight ERF of Luo et al., the
     baseline a trained network's ERF is judged against. No weights, no images, no FLOPs."""
-    from rflens.pathcount import path_counts
+    from rflens.pathcount import output_node, path_counts
 
     source = _source(model, None, 1, input_size, in_channels, 0)
-    graph, _ = _capture(model, layer, source)
+    graph, _ = _capture(model, layer, source, _tracer(model, source.in_channels, torch.device("cpu")))
     node_id, unit, trf_box, _ = _probe(graph, layer, unit)
-    if node_id is None:
-        raise RflensError(f"layer {layer!r} has no spatial output: its structural map would be uniform; "
-                          "choose a layer whose output is a map")
+    if node_id is None:  # a classifier's output: count the paths into the node its logits come from
+        node_id = output_node(graph).id
+        unit = centre_unit(graph.nodes[node_id].sizes)
     counts = path_counts(graph, node_id, unit)
     return ERF(model_name if model_name is not None else type(model).__name__, layer, "structural", 0, 0,
                source.input_size, unit, counts.map, _metrics(counts.map, trf_box, _centred(graph, node_id, unit)),
@@ -184,8 +191,8 @@ def _probe(graph: Graph, layer: str, unit: Sequence[int] | None
     (``[lo, hi]``, unclipped; None when global) and every node's field."""
     node_id = _target_node(graph, layer)
     fields = propagate(graph)
-    sizes = graph.nodes[node_id].sizes if node_id is not None else ()
-    unit = _check_unit(tuple(unit) if unit is not None else centre_unit(sizes), sizes, layer)
+    node = graph.nodes[node_id] if node_id is not None else None
+    unit = _check_unit(tuple(unit) if unit is not None else centre_unit(node.sizes if node else ()), node, layer)
     if node_id is None or any(f.is_global or not f.parts for f in fields[node_id]):
         return node_id, unit, None, fields
     return node_id, unit, tuple((f.lo(u), f.hi(u)) for f, u in zip(fields[node_id], unit, strict=True)), fields
@@ -223,6 +230,8 @@ def _source(model: torch.nn.Module, inputs: Any, n: int | None, input_size: int 
         src = erf_inputs.tensors(inputs, n, layout[0])
         if input_size is not None and tuple(_sizes(input_size, len(src.input_size))) != src.input_size:
             raise RflensError(f"input_size {input_size} differs from the given tensors' size {src.input_size}")
+        if in_channels is not None and in_channels != src.in_channels:
+            raise RflensError(f"in_channels {in_channels} differs from the given tensors' {src.in_channels} channels")
         return src
     ndim = layout[0] if layout else None
     size = _default_size(model, ndim) if input_size is None else input_size
@@ -252,11 +261,30 @@ def _default_size(model: torch.nn.Module, ndim: int | None) -> int | tuple[int, 
     return 224
 
 
-def _capture(model: torch.nn.Module, layer: str, source: erf_inputs.InputSource) -> tuple[Graph, int]:
-    """The graph on meta, and how often ``layer`` runs in one forward (the ERF stops at its last call, the
-    call whose output the graph names)."""
+def _tracer(model: torch.nn.Module, in_channels: int, device: torch.device) -> Callable[[tuple[int, ...]], Graph]:
+    """Captures the model at a size on meta; a model whose forward needs real data (``MetaDeviceError``) is
+    captured on the run device instead, from then on."""
     from rflens.capture import capture
+    from rflens.errors import MetaDeviceError
 
+    place = ["meta"]
+
+    def trace(size: tuple[int, ...]) -> Graph:
+        try:
+            return capture(model, size, in_channels=in_channels, device=place[0])
+        except MetaDeviceError:
+            if place[0] != "meta":
+                raise
+            place[0] = str(device)
+            return capture(model, size, in_channels=in_channels, device=place[0])
+
+    return trace
+
+
+def _capture(model: torch.nn.Module, layer: str, source: erf_inputs.InputSource,
+             trace: Callable[[tuple[int, ...]], Graph]) -> tuple[Graph, int]:
+    """The graph, and how often ``layer`` runs in one forward (the ERF stops at its last call, the call whose
+    output the graph names)."""
     calls = [0]
     handle = None
     if layer != "output":
@@ -273,7 +301,7 @@ def _capture(model: torch.nn.Module, layer: str, source: erf_inputs.InputSource)
 
         handle = modules[layer].register_forward_hook(count)
     try:
-        graph = capture(model, source.input_size, in_channels=source.in_channels)
+        graph = trace(source.input_size)
     finally:
         if handle is not None:
             handle.remove()
@@ -288,11 +316,15 @@ def _target_node(graph: Graph, layer: str) -> int | None:
     return graph.module_outputs.get(name)
 
 
-def _check_unit(unit: tuple[int, ...], sizes: tuple[int, ...], layer: str) -> tuple[int, ...]:
-    if len(unit) != len(sizes) or any(not 0 <= u < s for u, s in zip(unit, sizes, strict=True)):
-        shape = "x".join(map(str, sizes)) or "no spatial axes"
-        raise RflensError(f"unit {unit} is outside layer {layer!r}'s output ({shape})")
-    return unit
+def _check_unit(unit: tuple, node: Node | None, layer: str) -> tuple[int, ...]:
+    try:
+        if node is None:
+            if unit:
+                raise IndexError(f"unit {unit} is outside an output without spatial axes")
+            return ()
+        return check_unit(node, unit)
+    except (IndexError, TypeError, ValueError) as exc:
+        raise RflensError(f"layer {layer!r}: {exc}") from None
 
 
 def _device(device: str) -> torch.device:

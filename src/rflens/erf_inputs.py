@@ -35,6 +35,7 @@ class Preprocess:
     crop_pct: float = 0.875
     interpolation: str = "bilinear"
     source: str = "ImageNet statistics"
+    crop_mode: str = "center"  # timm's "squash" resizes both sides to the scaled size before the crop
 
     @staticmethod
     def for_model(model: torch.nn.Module) -> Preprocess:
@@ -46,7 +47,8 @@ class Preprocess:
             return Preprocess()
         cfg = resolve_data_config({}, model=model)
         return Preprocess(tuple(cfg["mean"]), tuple(cfg["std"]), float(cfg.get("crop_pct", 0.875)),
-                          str(cfg.get("interpolation", "bilinear")), "the model's timm data config")
+                          str(cfg.get("interpolation", "bilinear")), "the model's timm data config",
+                          "squash" if cfg.get("crop_mode") == "squash" else "center")
 
 
 @dataclass
@@ -113,14 +115,14 @@ def _picture(path: Path, in_channels: int, size: tuple[int, int], pre: Preproces
             im = im.convert("RGB" if in_channels == 3 else "L")
             h, w = size
             scaled = (math.floor(h / pre.crop_pct), math.floor(w / pre.crop_pct))
-            if h == w:  # shorter side to the scaled size, aspect kept (timm's centre-crop evaluation)
+            if h == w and pre.crop_mode == "center":  # shorter side to the scaled size (torchvision's Resize(int))
                 s = scaled[0]
-                new = ((s, round(im.height * s / im.width)) if im.width <= im.height
-                       else (round(im.width * s / im.height), s))
+                new = ((s, int(s * im.height / im.width)) if im.width <= im.height
+                       else (int(s * im.width / im.height), s))
                 im = im.resize(new, _resample(pre.interpolation))
-            else:
+            else:  # both sides to the scaled size ("squash", and non-square sizes: the aspect is not kept)
                 im = im.resize((scaled[1], scaled[0]), _resample(pre.interpolation))
-            top, left = (im.height - h) // 2, (im.width - w) // 2
+            top, left = round((im.height - h) / 2), round((im.width - w) / 2)
             im = im.crop((left, top, left + w, top + h))
             arr = np.asarray(im, dtype=np.float32) / 255.0
     except (OSError, UnidentifiedImageError) as exc:
@@ -139,20 +141,27 @@ def _resample(name: str) -> Any:
             "box": Image.Resampling.BOX}.get(name, Image.Resampling.BILINEAR)
 
 
-def tensors(data: torch.Tensor | Iterable[torch.Tensor], count: int | None, ndim: int) -> InputSource:
+def tensors(data: torch.Tensor | Iterable[Any], count: int | None, ndim: int) -> InputSource:
     """The user's images for a model with ``ndim`` spatial axes: one tensor ``(N, C, *S)`` or ``(C, *S)``, or
-    an iterable of such tensors."""
-    items = [data] if isinstance(data, torch.Tensor) else list(data)
-    if not items:
-        raise RflensError("the input iterable is empty")
-    batches_in = []
+    an iterable of such tensors, or of ``(images, labels)`` pairs as a DataLoader yields them (the labels are
+    ignored). An iterable is read only until ``count`` images are in."""
+    items = [data] if isinstance(data, torch.Tensor) else data
+    batches_in: list[torch.Tensor] = []
+    taken = 0
     for t in items:
+        if isinstance(t, (tuple, list)) and t and isinstance(t[0], torch.Tensor):
+            t = t[0]
         if not isinstance(t, torch.Tensor):
-            raise RflensError(f"inputs must be tensors; got {type(t).__name__}")
+            raise RflensError(f"inputs must be tensors (or (images, labels) pairs); got {type(t).__name__}")
         if t.dim() not in (ndim + 1, ndim + 2):
             raise RflensError(f"an input tensor for a {ndim}-D model has shape (N, C, *spatial) or (C, *spatial); "
                               f"got {tuple(t.shape)}")
         batches_in.append(t if t.dim() == ndim + 2 else t.unsqueeze(0))
+        taken += batches_in[-1].shape[0]
+        if count is not None and taken >= count:
+            break
+    if not batches_in:
+        raise RflensError("the input iterable is empty")
     shape = tuple(batches_in[0].shape[1:])
     for t in batches_in:
         if tuple(t.shape[1:]) != shape:

@@ -112,19 +112,12 @@ class PathMap:
         return tuple(float(s) for _, s in self._moments())
 
     def _moments(self) -> list[tuple[float, float]]:
-        out = []
-        for axis in range(self.map.ndim):
-            other = tuple(a for a in range(self.map.ndim) if a != axis)
-            profile = self.map.sum(axis=other) if other else self.map
-            total = profile.sum()
-            if total <= 0:
-                out.append((math.nan, math.nan))
-                continue
-            idx = np.arange(profile.size, dtype=np.float64)
-            mean = float((idx * profile).sum() / total)
-            var = float(((idx - mean) ** 2 * profile).sum() / total)
-            out.append((mean, math.sqrt(var)))
-        return out
+        from rflens.erf_metrics import moments  # the one definition of an ERF's centre and spread
+
+        if not self.map.any():
+            return [(math.nan, math.nan)] * self.map.ndim
+        centre, sigma = moments(self.map)
+        return list(zip(centre, sigma, strict=True))
 
     def to_dict(self) -> dict[str, Any]:
         """Summary numbers only (JSON-safe; the map itself is left out)."""

@@ -940,9 +940,12 @@ for _name in dir(aten):
 @rule(aten.fill_, aten.zero_, aten.zeros_like, aten.ones_like, aten.empty_like, aten.full_like, aten.rand_like,
       aten.randn_like, aten.new_empty, aten.new_zeros, aten.new_ones, aten.new_full, aten.bernoulli_)
 def _constant(rec, func, args, kwargs, out):
-    """Ops whose output does not depend on the values of their input."""
+    """Ops whose output does not depend on the values of their input (it may still have the map's shape)."""
+    source = rec.state(args[0]) if args else None
     if isinstance(out, torch.Tensor) and out in rec.states:
         del rec.states[out]
+    if isinstance(out, torch.Tensor) and source is not None and source.has_spatial():
+        rec.shaped[out] = True
 
 
 def not_spatial(rec, func, args, kwargs, out):
