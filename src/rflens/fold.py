@@ -28,8 +28,10 @@ def fold_batchnorm(model: nn.Module, keep: str | None = None,
     """``(model or a folded copy, pairs folded, what was done)``; ``keep`` is a module whose output must not
     change (the probed layer); ``dtype``: that of the folded weights (default: the convolution's), so that a
     float64 run of a float32 model folds in float64."""
+    # the copy shares the parameter tensors (folding assigns new ones, never writes into them): cheap
+    shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
     try:
-        folded = copy.deepcopy(model).eval()  # traced in eval mode: branches on self.training take their eval path
+        folded = copy.deepcopy(model, shared).eval()  # traced in eval mode: self.training branches as in eval
     except Exception as exc:  # noqa: BLE001 - a model that cannot be copied is simply not folded
         return model, 0, f"batch norm not folded: the model cannot be copied ({exc})"
     pairs = _pairs(folded, keep)  # fx runs the copy's forward: whatever it caches stays on the copy
@@ -75,13 +77,14 @@ def _pairs(model: nn.Module, keep: str | None) -> list[tuple[str, str]] | str:
 @torch.no_grad()
 def _fold(conv: nn.Conv1d | nn.Conv2d | nn.Conv3d, bn: nn.modules.batchnorm._BatchNorm,
           dtype: torch.dtype | None) -> None:
-    """``conv`` becomes ``bn(conv(.))`` in eval mode (computed in float64, stored in ``dtype``)."""
+    """``conv`` becomes ``bn(conv(.))`` in eval mode: per-channel scale and shift computed in float64, the
+    weights scaled in ``dtype`` (one rounding per weight), stored as new parameters (the old ones untouched)."""
     scale = 1 / torch.sqrt(bn.running_var.double() + bn.eps)
     if bn.weight is not None:
         scale = scale * bn.weight.double()
     shift = -bn.running_mean.double() * scale + (bn.bias.double() if bn.bias is not None else 0)
     bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
     dtype = dtype if dtype is not None else conv.weight.dtype
-    conv.weight = nn.Parameter((conv.weight.double() * scale.view(-1, *[1] * (conv.weight.dim() - 1))).to(dtype),
-                               requires_grad=conv.weight.requires_grad)
+    weight = conv.weight.to(dtype) * scale.to(dtype).view(-1, *[1] * (conv.weight.dim() - 1))
+    conv.weight = nn.Parameter(weight, requires_grad=conv.weight.requires_grad)
     conv.bias = nn.Parameter((bias * scale + shift).to(dtype), requires_grad=conv.weight.requires_grad)
