@@ -11,8 +11,9 @@ channels of ReLU(feature) at the centre unit; map: ReLU(input gradient) summed o
   when there is one), parameters frozen, stopped at the layer, and one input-gradient backward; no bookkeeping.
 
 The maps of the three sides are asserted equal (float32: relative 1e-4 of the map's max) after the timings are
-printed. After a warm-up of each side, the three sides run in turn, ``--repeat`` rounds; the best of each is
-reported.
+printed. After a warm-up of each side, the three sides run in turn, ``--repeat`` rounds, the order rotating
+every round; ratios use the median of each side's rounds (the best is shown too): on a shared 2-core machine
+single runs vary by 10-20 %.
 The structural map (path counts) of ``--structural-model`` at ``--structural-size`` is timed too.
 
     python bench/bench_erf.py                     # resnet50 layer4, 16 noise images, at 224 and 1024
@@ -23,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -116,7 +119,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="rflens's batch size (default: its own)")
     parser.add_argument("--exact-images", type=int, default=2,
                         help="images of the float64 equality check (rflens vs per-image, both in float64)")
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=4)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--structural-model", default="torchvision:resnet152")
     parser.add_argument("--structural-size", type=int, default=1024)
@@ -139,30 +142,39 @@ def main() -> None:
         first = erf(model, args.layer, inputs=images, batch_size=args.batch_size, device=args.device)
         floor(model, args.layer, images, first, where)
         times: dict[str, list[float]] = {"rflens": [], "floor": [], "per-image": []}
-        for _ in range(args.repeat):
-            t, ours = timed(sync, erf, model, args.layer, inputs=images, batch_size=args.batch_size,
-                            device=args.device)
-            times["rflens"].append(t)
-            t, bare = timed(sync, floor, model, args.layer, images, ours, where)
-            times["floor"].append(t)
-            t, ref = timed(sync, per_image, model, args.layer, images)
-            times["per-image"].append(t)
-        t_rf, t_floor, t_pub = (min(times[k]) for k in ("rflens", "floor", "per-image"))
+        sides = {
+            "rflens": partial(erf, model, args.layer, inputs=images, batch_size=args.batch_size, device=args.device),
+            "floor": partial(floor, model, args.layer, images, first, where),
+            "per-image": partial(per_image, model, args.layer, images),
+        }
+        order = list(sides)
+        outputs = {}
+        for r in range(args.repeat):
+            # the order rotates every round: the side that runs right after another pays for the memory the
+            # other left behind (page faults of freshly allocated activations), so every side takes that turn
+            for name in order[r % 3:] + order[:r % 3]:
+                t, outputs[name] = timed(sync, sides[name])
+                times[name].append(t)
+        ours, bare, ref = outputs["rflens"], outputs["floor"], outputs["per-image"]
+        t_rf, t_floor, t_pub = (statistics.median(times[k]) for k in ("rflens", "floor", "per-image"))
+        b_rf, b_floor, b_pub = (min(times[k]) for k in ("rflens", "floor", "per-image"))
         print(f"rflens ({ours.engine}): " + ", ".join(f"{t:.2f}" for t in times["rflens"]) + " s")
         print("floor: " + ", ".join(f"{t:.2f}" for t in times["floor"]) + " s")
         print("per-image (published protocol): " + ", ".join(f"{t:.2f}" for t in times["per-image"]) + " s")
-        rows.append((size, where.cropped, t_pub, t_rf, t_floor))
+        rows.append((size, where.cropped, t_pub, t_rf, t_floor, b_pub, b_rf, b_floor))
         scale = ref.max()
         exact = images[:args.exact_images].double()
         ours64 = erf(model, args.layer, inputs=exact, dtype=torch.float64, device=args.device).map
         ref64 = per_image(copy.deepcopy(model).double(), args.layer, exact)
         checks.append((size, np.abs(ours.map - ref).max() / scale, np.abs(bare - ref).max() / scale,
                        np.abs(ours64 - ref64).max() / ref64.max()))
-    print("\n| size | cone crop | per-image s | rflens s | floor s | rflens vs per-image | rflens / floor |")
+    print("\nmedian of the rounds (best in brackets)")
+    print("| size | cone crop | per-image s | rflens s | floor s | rflens vs per-image | rflens / floor |")
     print("|---|---|---|---|---|---|---|")
-    for size, cropped, t_pub, t_rf, t_floor in rows:
-        print(f"| {size} | {'yes' if cropped else 'no'} | {t_pub:.2f} | {t_rf:.2f} | {t_floor:.2f} | "
-              f"{t_pub / t_rf:.2f}x faster | {t_rf / t_floor:.3f} |")
+    for size, cropped, t_pub, t_rf, t_floor, b_pub, b_rf, b_floor in rows:
+        print(f"| {size} | {'yes' if cropped else 'no'} | {t_pub:.2f} ({b_pub:.2f}) | {t_rf:.2f} ({b_rf:.2f}) | "
+              f"{t_floor:.2f} ({b_floor:.2f}) | {t_pub / t_rf:.2f}x ({b_pub / b_rf:.2f}x) | "
+              f"{t_rf / t_floor:.3f} ({b_rf / b_floor:.3f}) |")
 
     from rflens.pathcount import path_counts
 
