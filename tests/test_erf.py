@@ -500,3 +500,22 @@ def test_position_maps_built_from_constants_disable_the_crop():
     uniform = _same_with_and_without_crop(_CoordChannel(False).double(), "output", 32, (16, 5), protocol="luo",
                                           in_channels=1)
     assert uniform.crop is not None
+
+
+class _PaddingOnlyBranch(nn.Module):
+    """At the border, one branch of the unit reads nothing but padding of an inner layer (found by hypothesis)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 1, 3, padding=1)
+        self.b = nn.Sequential(nn.Conv2d(1, 1, 1), nn.Conv2d(1, 1, 1, padding=1))
+
+    def forward(self, x):
+        return self.a(x) + torch.nn.functional.pad(self.b(x), (0, -2, 0, -2))
+
+
+@pytest.mark.parametrize("unit", [(0, 0), (0, 9), (9, 9)])
+def test_a_branch_that_reads_only_padding(unit):
+    torch.manual_seed(0)
+    result = _same_with_and_without_crop(_PaddingOnlyBranch().double(), "output", 32, unit, protocol="luo")
+    assert result.crop is not None, result.path

@@ -125,6 +125,8 @@ def _cone_mismatch(graph: Graph, small: Graph, node_id: int, unit: tuple[int, ..
             if parts is None:
                 continue
             idx = np.unique(np.concatenate(parts))
+            if idx.size == 0:  # the target reads only padding of this node
+                continue
             twin = small.nodes[node.id]
             where = f"aten.{node.op} in '{node.module or 'the top-level forward'}'"
             new = idx - _offset(start, fields[node.id][axis])
