@@ -286,12 +286,20 @@ def _explain(exc: Exception, func: Any, args: tuple, module: str) -> RflensError
 # ---------------------------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------------------------
-def input_layout(model: torch.nn.Module) -> tuple[int, int] | None:
-    """(spatial dims, input channels) the model expects: from timm's ``pretrained_cfg`` when there is one, else
-    from the first convolution, else None."""
+def configured_input(model: torch.nn.Module) -> tuple[int, ...] | None:
+    """``(channels, *spatial)`` from timm's ``pretrained_cfg`` when the model has one."""
     cfg = getattr(model, "pretrained_cfg", None)
     size = cfg.get("input_size") if isinstance(cfg, dict) else None
     if isinstance(size, (tuple, list)) and len(size) >= 2 and all(isinstance(n, int) for n in size):
+        return tuple(size)
+    return None
+
+
+def input_layout(model: torch.nn.Module) -> tuple[int, int] | None:
+    """(spatial dims, input channels) the model expects: from timm's ``pretrained_cfg`` when there is one, else
+    from the first convolution, else None."""
+    size = configured_input(model)
+    if size is not None:
         return len(size) - 1, size[0]
     for m in model.modules():
         if isinstance(m, torch.nn.modules.conv._ConvNd) and m.in_channels:

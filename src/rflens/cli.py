@@ -173,11 +173,7 @@ def _run_rf(args: argparse.Namespace, console: Console) -> int:
         layers = [known[n] for n in args.layer]
     doc = result.to_dict()
     doc["layers"] = [layer.to_dict() for layer in layers]
-    if args.out is not None:
-        args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
+    if not _json_document(args, doc):
         size = "x".join(map(str, result.input_size))
         console.print(rf_table(layers, title=f"{doc['model']} at {size}"), soft_wrap=True)
     return 0
@@ -234,10 +230,7 @@ def _run_border(args: argparse.Namespace, console: Console) -> int:
                           f"{len(got)} unproductive layers, FLOPs x{chosen.flops_ratio:.3f}"
                           + ("" if chosen.edits else " (the model is unchanged: feed it the new input size)"))
         return 0
-    if args.out is not None:
-        args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(doc, indent=2))
+    if _json_document(args, doc):
         return 0
     console.print(summary(report), highlight=False)
     shown = report.layers if args.all else [x for x in report.layers if x.status != "productive"]
@@ -303,10 +296,7 @@ def _run_erf(args: argparse.Namespace, console: Console) -> int:
             results[0].plot(args.plot, log=args.log)
         else:
             erf_depth_figure(results).savefig(args.plot, dpi=120, bbox_inches="tight")
-    if args.out is not None:
-        args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(doc, indent=2))
+    if _json_document(args, doc):
         return 0
     console.print(erf_summary(results), highlight=False)
     console.print(erf_table(results), soft_wrap=True)
@@ -315,6 +305,15 @@ def _run_erf(args: argparse.Namespace, console: Console) -> int:
             console.print(f"wrote {written}" + (" (one .npy per layer)" if written is map_file and len(results) > 1
                                                 else ""))
     return 0
+
+
+def _json_document(args: argparse.Namespace, doc: dict) -> bool:
+    """Write the document to ``--out`` if given; print it and return True with ``--json``."""
+    if args.out is not None:
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    return bool(args.json)
 
 
 def _to_device(model, device: str):

@@ -234,7 +234,7 @@ def _source(model: torch.nn.Module, inputs: Any, n: int | None, input_size: int 
             raise RflensError(f"in_channels {in_channels} differs from the given tensors' {src.in_channels} channels")
         return src
     ndim = layout[0] if layout else None
-    size = _default_size(model, ndim) if input_size is None else input_size
+    size = _default_size(model) if input_size is None else input_size
     if ndim is None and isinstance(size, int):
         raise RflensError("cannot tell the model's spatial dims (no convolution found): give input_size as a tuple")
     sizes = _sizes(size, ndim or len(size))  # type: ignore[arg-type]
@@ -253,12 +253,12 @@ def _sizes(size: int | Sequence[int], ndim: int) -> tuple[int, ...]:
     return (int(size),) * ndim if isinstance(size, int) else tuple(int(s) for s in size)
 
 
-def _default_size(model: torch.nn.Module, ndim: int | None) -> int | tuple[int, ...]:
-    cfg = getattr(model, "pretrained_cfg", None)
-    size = cfg.get("input_size") if isinstance(cfg, dict) else None
-    if isinstance(size, (tuple, list)) and len(size) >= 2:
-        return tuple(int(s) for s in size[1:])
-    return 224
+def _default_size(model: torch.nn.Module) -> int | tuple[int, ...]:
+    """The model's configured size (timm), else 224."""
+    from rflens.capture import configured_input
+
+    size = configured_input(model)
+    return size[1:] if size is not None else 224
 
 
 def _tracer(model: torch.nn.Module, in_channels: int, device: torch.device) -> Callable[[tuple[int, ...]], Graph]:
