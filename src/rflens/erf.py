@@ -4,7 +4,8 @@ averaged over images, under the published protocols (see :data:`PROTOCOLS`).
 
 The engine computes what every lab's script computes, with less work: eval mode, gradients with respect to the
 input only (parameters are passed detached, so no weight gradient is ever built), the forward stopped at the
-target layer, images in batches (exact in eval mode: no sample sees another), and, when the unit's theoretical
+target layer, images in batches (exact in eval mode: no sample sees another), batch norm folded into the
+convolution before it (:mod:`rflens.fold`), channels-last on 2-D models, and, when the unit's theoretical
 receptive field is smaller than the input, the network run on the crop that field needs (:mod:`rflens.cone`).
 """
 
