@@ -315,6 +315,8 @@ def test_errors_name_the_problem():
         erf(model, "layer9", n=1, input_size=64)
     with pytest.raises(RflensError, match=r"layer 'layer2': unit \(9, 0\) is outside the output of size \(8, 8\)"):
         erf(model, "layer2", n=1, input_size=64, unit=(9, 0))
+    with pytest.raises(RflensError, match="noise seed must be a non-negative integer"):
+        erf(model, n=1, input_size=64, seed=-1)
     with pytest.raises(RflensError, match="unknown ERF protocol"):
         erf(model, protocol="magic")
     with pytest.raises(RflensError, match="real numbers"):

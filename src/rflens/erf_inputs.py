@@ -68,6 +68,8 @@ class InputSource:
 
 def noise(count: int, in_channels: int, input_size: Sequence[int], seed: int = 0) -> InputSource:
     """``count`` standard Gaussian images, image ``i`` drawn from a generator seeded with ``(seed, i)``."""
+    if seed < 0:
+        raise RflensError(f"the noise seed must be a non-negative integer, got {seed}")
     shape = (in_channels, *input_size)
 
     def image(i: int) -> torch.Tensor:
