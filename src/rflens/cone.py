@@ -22,7 +22,7 @@ from rflens.errors import RflensError
 from rflens.geometry import Resample
 from rflens.graph import Graph
 from rflens.resize import resized
-from rflens.rf import AxisField, propagate
+from rflens.rf import AxisField, cached_taps, propagate
 
 
 @dataclass(frozen=True)
@@ -138,8 +138,8 @@ def _cone_mismatch(graph: Graph, small: Graph, node_id: int, unit: tuple[int, ..
                     return f"{where} reads the whole axis"
                 if isinstance(read, Resample) and (not isinstance(other, Resample) or read.maps() != other.maps()):
                     return f"{where} resamples differently (its arithmetic follows the input size)"
-                mine = read.taps(graph.nodes[src].sizes[axis], node.sizes[axis])
-                theirs = other.taps(small.nodes[src].sizes[axis], twin.sizes[axis])
+                mine = cached_taps(read, graph.nodes[src].sizes[axis], node.sizes[axis])
+                theirs = cached_taps(other, small.nodes[src].sizes[axis], twin.sizes[axis])
                 shift = _offset(start, fields[src][axis])
                 if len(mine) != len(theirs):
                     return f"{where} reads differently"

@@ -258,7 +258,8 @@ def _nothing(mask: np.ndarray) -> bool:
 
 
 @lru_cache(maxsize=4096)
-def _taps(read: Any, n_in: int, n_out: int) -> tuple[np.ndarray, ...]:
+def cached_taps(read: Any, n_in: int, n_out: int) -> tuple[np.ndarray, ...]:
+    """``read.taps(n_in, n_out)``, computed once per read and size (walks and checks ask again and again)."""
     return tuple(read.taps(n_in, n_out))
 
 
@@ -269,7 +270,7 @@ def _read_back(mask: np.ndarray, axis: int, read: Any, n_in: int, n_out: int) ->
         out = np.broadcast_to(m.any(axis=0, keepdims=True), (n_in,) + m.shape[1:])
     else:
         out = np.zeros((n_in,) + m.shape[1:], dtype=bool)
-        for idx in _taps(read, n_in, n_out):
+        for idx in cached_taps(read, n_in, n_out):
             ok = idx >= 0
             if ok.any():
                 np.logical_or.at(out, idx[ok], m[ok])
