@@ -92,8 +92,23 @@ def test_coverage_counts_from_reference(example):
     for idx in w.taps(n, w.output_size(n)):
         np.add.at(counts, idx[idx >= 0], 1)
     assert counts[20] == example["even_index"] and counts[21] == example["odd_index"]
-    lo, high = w.coverage()
-    assert {counts[20], counts[21]} == ({lo, high} if k % s else {lo})
+    assert w.coverage() == (counts[20], counts[21])
+
+
+@pytest.mark.parametrize("k,s,d,p", [(k, s, d, p) for k in (1, 2, 3, 4, 5, 7) for s in (1, 2, 3, 4) for d in (1, 2, 3)
+                                     for p in (0, 1, 2, 3)])
+def test_coverage_matches_brute_force(k, s, d, p):
+    n = 80
+    for geometry, size_in in ((Window(k, s, p, p, d), n), (Transposed(k, s, p, d), 20)):
+        size_out = geometry.output_size(size_in)
+        counts_in = np.zeros(size_in, dtype=int)
+        counts_out = np.zeros(size_out, dtype=int)
+        for idx in geometry.taps(size_in, size_out):
+            np.add.at(counts_in, idx[idx >= 0], 1)
+            np.add.at(counts_out, np.flatnonzero(idx >= 0), 1)
+        counts = counts_in if isinstance(geometry, Window) else counts_out
+        interior = range(d * k + s, len(counts) - d * k - s)
+        assert all(counts[i] == geometry.coverage()[i % s] for i in interior)
 
 
 @pytest.mark.parametrize("detail", PAD_REF["torchvision_resnet50_224"]["details"], ids=lambda d: d["layer"])

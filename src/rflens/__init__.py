@@ -20,8 +20,9 @@ __version__ = "0.1.0"
 __all__ = [
     "BorderReport", "CaptureError", "InputSizeError", "InputTooSmallError", "LayerBorder", "LayerRF",
     "MetaDeviceError", "ModelSourceError", "NotResizableError", "ReceptiveFields", "RefineError", "Resolutions",
-    "ERF", "PathMap", "RflensError", "UnsupportedOpError", "WeightsError", "border_report", "erf", "path_counts",
-    "receptive_field", "refine", "structural", "structural_map",
+    "ERF", "PathMap", "RflensError", "UnsupportedOpError", "WeightsError", "apply_recipe", "border_report",
+    "culprits", "dead_pixel_test", "erf", "kernel_pad", "path_counts", "receptive_field", "refine", "structural",
+    "structural_map",
 ]
 
 
@@ -31,10 +32,14 @@ def __getattr__(name: str):  # torch is imported only when a model is changed or
 
         module = importlib.import_module("rflens.erf")
         return module if name == "erf" else getattr(module, name)
-    if name == "refine":
-        from rflens.transforms import refine
+    if name in ("refine", "apply_recipe", "kernel_pad"):
+        from rflens import transforms
 
-        return refine
+        return getattr(transforms, name)
+    if name in ("dead_pixel_test", "culprits"):
+        from rflens import deadpixel
+
+        return getattr(deadpixel, name)
     if name in ("PathMap", "path_counts", "structural_map"):
         from rflens import pathcount
 

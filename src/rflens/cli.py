@@ -108,6 +108,52 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print JSON instead of the table")
     e.add_argument("--out", type=Path, default=None, help="also write the JSON document to this file")
     e.set_defaults(run=_run_erf)
+
+    d = sub.add_parser("deadpixel", help="dead-pixel test: checkerboards from odd kernels with stride 2 (Kim et al.)",
+                       description="Culprit layers (kernel not a multiple of the stride: uneven coverage), the "
+                                   "structural map of every unit of the layer with Kim et al.'s imbalance indices "
+                                   "L1/L2, the checkerboard's period and strength and the share of dead pixels; "
+                                   "with --weighted (default when --weights is given) the same on the gradient "
+                                   "ERF under the kim protocol; with --fix kernel-pad the test again after padding "
+                                   "the culprits' kernels.")
+    _add_model_args(d, device="cpu", device_help="where the weighted test and the fix check run: cpu (default) "
+                                                 "or cuda")
+    d.add_argument("--layer", default="output", help="module name (named_modules()) or 'output' (default)")
+    d.add_argument("--weighted", action="store_true",
+                   help="also test the gradient ERF (kim protocol); on by default with --weights")
+    d.add_argument("--inputs", default="noise", metavar="noise|DIR",
+                   help="images for the weighted test: seeded noise (default) or a folder (class folders = labels)")
+    d.add_argument("--n", type=_positive, default=None, help="images to average (default 50 noise images)")
+    d.add_argument("--class", dest="target_class", type=int, default=None, metavar="K",
+                   help="differentiate class K (default: the folder's labels, else the predicted class)")
+    d.add_argument("--noise-seed", type=int, default=0, help="seed of the noise images (default 0)")
+    d.add_argument("--sensitivity", action="store_true",
+                   help="Kim et al.'s one-pixel perturbation on a block at the centre, correlated with the ERF")
+    d.add_argument("--block", type=_positive, default=8, help="side of the perturbed block in pixels (default 8)")
+    d.add_argument("--eps", type=float, default=0.5, help="perturbation of one pixel (default 0.5)")
+    d.add_argument("--fix", choices=["kernel-pad"], default=None, help="apply the fix and test again")
+    d.add_argument("--pools", choices=["auto", "widen", "keep"], default="auto",
+                   help="poolings under kernel padding: widen only if a checkerboard survives (auto, default), "
+                        "always (Kim et al.'s 4x4 max-pool; changes the function) or never")
+    d.add_argument("--plot", type=Path, default=None, help="write the maps side by side (PNG)")
+    d.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    d.add_argument("--out", type=Path, default=None, help="also write the JSON document to this file")
+    d.set_defaults(run=_run_deadpixel)
+
+    f = sub.add_parser("fix", help="apply a fix and write it as a recipe plus weights")
+    fixes = f.add_subparsers(dest="fix", required=True)
+    k = fixes.add_parser("kernel-pad", help="pad odd strided kernels to a multiple of the stride (Kim et al.)",
+                         description="Zero-pads the kernel of every convolution whose kernel is not a multiple of "
+                                     "its stride (same function), checks the result, and writes recipe.json and "
+                                     "model.safetensors to --out; rflens.apply_recipe(model, recipe, weights) "
+                                     "rebuilds it.")
+    _add_model_args(k, device="cpu", device_help="where the fixed model is checked against the original")
+    k.add_argument("--layer", default="output", help="fix the layers feeding this module (default: the output)")
+    k.add_argument("--pools", choices=["auto", "widen", "keep"], default="auto",
+                   help="poolings: widen only if a checkerboard survives (auto, default), always, or never")
+    k.add_argument("--out", type=Path, required=True, help="folder for recipe.json and model.safetensors")
+    k.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    k.set_defaults(run=_run_fix_kernel_pad)
     return parser
 
 
@@ -304,6 +350,91 @@ def _run_erf(args: argparse.Namespace, console: Console) -> int:
         if written is not None:
             console.print(f"wrote {written}" + (" (one .npy per layer)" if written is map_file and len(results) > 1
                                                 else ""))
+    return 0
+
+
+def _load(args: argparse.Namespace, console: Console):
+    from rflens.sources import load_model, parse_model_args
+
+    with console.status(f"building {args.model}", spinner="dots"):
+        model = load_model(args.model, model_args=parse_model_args(args.model_arg), weights=args.weights,
+                           seed=args.seed)
+    return _to_device(model, args.device)
+
+
+def _run_deadpixel(args: argparse.Namespace, console: Console) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from rflens.deadpixel import dead_pixel_test
+    from rflens.report.deadpixel import changes_table, culprit_table, indices_table, summary
+    from rflens.sources import describe
+
+    weighted = args.weighted or args.weights is not None or args.sensitivity
+    model = _load(args, console)
+    errors = Console(stderr=True)
+    tasks: dict[str, int] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=errors, transient=True, disable=not errors.is_terminal) as bar:
+        def progress(stage: str, done: int, total: int | None) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        report = dead_pixel_test(model, args.input_size, args.layer, in_channels=args.in_channels, weighted=weighted,
+                                 inputs=None if args.inputs == "noise" else args.inputs, n=args.n,
+                                 target_class=args.target_class, sensitivity=args.sensitivity,
+                                 sensitivity_block=args.block, eps=args.eps, fix=args.fix, pools=args.pools,
+                                 device=args.device, seed=args.noise_seed, model_name=describe(args.model),
+                                 progress=progress)
+    if args.plot is not None:
+        report.plot(args.plot)
+    if _json_document(args, report.to_dict()):
+        return 0
+    console.print(summary(report), highlight=False)
+    if report.culprits:
+        console.print(culprit_table(report.culprits), soft_wrap=True)
+    console.print(indices_table(report), soft_wrap=True)
+    if report.fix is not None:
+        console.print(changes_table(report.fix), soft_wrap=True)
+        if report.after_fix.culprits:
+            console.print(culprit_table(report.after_fix.culprits, "culprit layers left"), soft_wrap=True)
+    for written in [args.out, args.plot]:
+        if written is not None:
+            console.print(f"wrote {written}")
+    return 0
+
+
+def _run_fix_kernel_pad(args: argparse.Namespace, console: Console) -> int:
+    from safetensors.torch import save_model
+
+    from rflens.capture import capture
+    from rflens.deadpixel import structural_test
+    from rflens.report.deadpixel import changes_table
+    from rflens.sources import describe
+    from rflens.transforms import kernel_pad
+
+    model = _load(args, console)
+    with console.status("padding kernels and checking the result", spinner="dots"):
+        padded = kernel_pad(model, args.input_size, in_channels=args.in_channels, pools=args.pools,
+                            device=args.device, layer=args.layer, model_name=describe(args.model))
+        size = padded.recipe["input_size"]
+        before = structural_test(capture(model, size, in_channels=args.in_channels), args.layer).indices
+        after = structural_test(capture(padded.model, size, in_channels=args.in_channels), args.layer).indices
+    args.out.mkdir(parents=True, exist_ok=True)
+    recipe_file, weights_file = args.out / "recipe.json", args.out / "model.safetensors"
+    recipe_file.write_text(json.dumps(padded.recipe, indent=2) + "\n")
+    save_model(padded.model, str(weights_file))
+    doc = {"recipe": str(recipe_file), "weights": str(weights_file), **padded.to_dict(),
+           "structural_before": before.to_dict(), "structural_after": after.to_dict()}
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    console.print(changes_table(padded), soft_wrap=True)
+    console.print(f"structural L1 {before.l1:.3g} -> {after.l1:.3g}; checkerboard period "
+                  f"{before.period or 'none'} -> {after.period or 'none'}; output change "
+                  f"{padded.max_abs_output_change:.3g} (output scale {padded.output_scale:.3g})")
+    console.print(f"wrote {recipe_file} and {weights_file}: rflens.apply_recipe(model, recipe, weights=...) "
+                  "rebuilds the fixed model")
     return 0
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 import sys
 import types
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,9 +84,10 @@ class ERF:
     dtype: str
     device: str
     engine: str  # batch size, memory format, batch-norm folding
+    target: str = ""  # what was differentiated (the protocol's target, or a class)
 
     def to_dict(self, map_file: str | None = None) -> dict[str, Any]:
-        return {"model": self.model, "layer": self.layer, "protocol": self.protocol, "n": self.n,
+        return {"model": self.model, "layer": self.layer, "protocol": self.protocol, "n": self.n, "target": self.target,
                 "nonfinite": self.nonfinite, "input_size": list(self.input_size), "unit": list(self.unit),
                 "inputs": self.inputs, "dtype": self.dtype, "device": self.device, "path": self.path,
                 "engine": self.engine,
@@ -112,7 +114,7 @@ def erf(model: torch.nn.Module, layer: str = "output", *, inputs: Any = None, pr
         input_size: int | Sequence[int] | None = None, in_channels: int | None = None, device: str = "cpu",
         dtype: torch.dtype = torch.float32, seed: int = 0, crop: bool = True, fold: bool = True,
         channels_last: bool | None = None, progress: Callable[[int, int | None], None] | None = None,
-        model_name: str | None = None) -> ERF:
+        model_name: str | None = None, target_class: int | None = None) -> ERF:
     """The gradient ERF of ``unit`` (default: the centre, ``n // 2`` per axis) of ``layer`` (a module name, or
     ``"output"`` for the model's output) under ``protocol`` ("replknet", "kim" or "luo").
 
@@ -120,6 +122,8 @@ def erf(model: torch.nn.Module, layer: str = "output", *, inputs: Any = None, pr
     iterable of tensors. ``crop=False`` always runs the full input; ``fold=False`` keeps batch norms as they are
     (:mod:`rflens.fold`); ``channels_last`` defaults to True for 2-D models; ``batch_size`` defaults to
     :func:`default_batch_size` of the input that runs. ``progress(done, total)`` is called after every batch.
+    ``target_class``: differentiate that channel (a classifier's logit) at the unit instead of the protocol's
+    target; a labelled picture folder (one subfolder per class) gives each image its true class.
     The user's model is left as it was (training flags restored, parameters untouched).
     """
     if protocol not in PROTOCOLS:
@@ -152,7 +156,8 @@ def erf(model: torch.nn.Module, layer: str = "output", *, inputs: Any = None, pr
         batch = batch_size if batch_size is not None else default_batch_size(run_size)
     layout = torch.channels_last if (graph.ndim == 2 if channels_last is None else channels_last) and \
         graph.ndim == 2 else torch.contiguous_format
-    total, count, bad = _run(runner, layer, calls, proto, source, where, batch, dev, dtype, layout, progress)
+    aim = Aim(proto, target_class, source.labels)
+    total, count, bad = _run(runner, layer, calls, aim, source, where, batch, dev, dtype, layout, progress)
     if count == 0:
         raise RflensError(f"all {bad} gradient maps had NaN or inf values; no ERF to report (try dtype float64, "
                           "or check the model's weights)")
@@ -162,7 +167,8 @@ def erf(model: torch.nn.Module, layer: str = "output", *, inputs: Any = None, pr
     return ERF(model_name if model_name is not None else type(model).__name__, layer, protocol, count, bad,
                source.input_size, unit, full, metrics, where.describe(), where.crop, trf_box, source.description,
                str(dtype).removeprefix("torch."), str(dev),
-               f"batch size {batch}, {'channels-last' if layout is torch.channels_last else 'contiguous'}; {folding}")
+               f"batch size {batch}, {'channels-last' if layout is torch.channels_last else 'contiguous'}; {folding}",
+               aim.describe(node_id is None))
 
 
 def structural(model: torch.nn.Module, layer: str = "output", *, unit: Sequence[int] | None = None,
@@ -348,14 +354,58 @@ def default_batch_size(run_size: Sequence[int]) -> int:
 _PIXELS_PER_BATCH = 6 * 224 * 224
 
 
-def _run(model: torch.nn.Module, layer: str, calls: int, proto: Protocol, source: erf_inputs.InputSource,
-         where: ConePlan, batch_size: int, device: torch.device, dtype: torch.dtype, layout: torch.memory_format,
-         progress: Callable[[int, int | None], None] | None) -> tuple[np.ndarray, int, int]:
-    """Sum of the finite per-image maps (over the crop when there is one), their count, and the count of
-    maps with NaN or inf."""
+@dataclass(frozen=True)
+class Aim:
+    """What one image's scalar is: the protocol's target, or a class (one for all images, or each image's label)."""
+
+    protocol: Protocol
+    target_class: int | None = None
+    labels: Sequence[int] | None = None
+
+    def describe(self, classifier: bool) -> str:
+        if self.target_class is not None:
+            return f"class {self.target_class} at the unit"
+        if self.labels is not None:
+            return "each image's true class (folder labels) at the unit"
+        if classifier and self.protocol.name == "kim":
+            return "the predicted class's logit"
+        return self.protocol.target_text
+
+    def resolved(self, output: Any, where: ConePlan, layer: str, index: int) -> Aim:
+        """The aim for image ``index`` of the source alone (its ``output``), with its class fixed."""
+        if self.target_class is not None:
+            return self
+        if self.labels is not None:
+            return Aim(self.protocol, int(self.labels[index]))
+        if not where.unit and self.protocol.name == "kim":
+            return Aim(self.protocol, int(_at_unit(output, where, layer).argmax(1)[0]))
+        return self
+
+    def scalar(self, output: Any, where: ConePlan, layer: str, first: int) -> torch.Tensor:
+        """One scalar per image of a batch whose first image is image ``first`` of the source."""
+        at = _at_unit(output, where, layer)
+        classes = None
+        if self.target_class is not None:
+            classes = torch.full((at.shape[0],), self.target_class, dtype=torch.long)
+        elif self.labels is not None:
+            classes = torch.as_tensor(list(self.labels[first:first + at.shape[0]]), dtype=torch.long)
+        elif not where.unit and self.protocol.name == "kim":  # a classifier's output: the predicted class's logit
+            classes = at.detach().argmax(1)
+        if classes is None:
+            return self.protocol.target(at)
+        if int(classes.max()) >= at.shape[1] or int(classes.min()) < 0:
+            raise RflensError(f"class {int(classes.max())} is out of range: layer {layer!r} has {at.shape[1]} "
+                              "channels")
+        return at.gather(1, classes.to(at.device)[:, None]).squeeze(1)
+
+
+@contextmanager
+def truncated(model: torch.nn.Module, layer: str, calls: int, device: torch.device, dtype: torch.dtype,
+              layout: torch.memory_format = torch.contiguous_format) -> Iterator[Callable[[torch.Tensor], Any]]:
+    """A forward of ``model`` in eval mode with detached parameters cast to ``dtype`` on ``device``, stopped at
+    the ``calls``-th call of ``layer`` (returning its output); training flags are restored on exit."""
     tensors = {name: _cast(t, device, dtype, layout) for name, t in
                [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]}
-    window = (slice(None), slice(None), *(slice(a, b) for a, b in where.crop)) if where.crop else ...
     training = [(m, m.training) for m in model.modules()]
     handle = None
     seen = [0]  # calls of the target layer in the current forward
@@ -365,19 +415,36 @@ def _run(model: torch.nn.Module, layer: str, calls: int, proto: Protocol, source
         if seen[0] == calls:
             raise _Stop(output)
 
+    def forward(x: torch.Tensor) -> Any:
+        seen[0] = 0
+        return _forward(model, tensors, x)
+
     if layer != "output":
         handle = dict(model.named_modules())[layer].register_forward_hook(stop)
-    total: np.ndarray | None = None
-    count = bad = done = 0
     try:
         model.eval()
+        yield forward
+    finally:
+        if handle is not None:
+            handle.remove()
+        for m, flag in training:
+            m.training = flag
+
+
+def _run(model: torch.nn.Module, layer: str, calls: int, aim: Aim, source: erf_inputs.InputSource,
+         where: ConePlan, batch_size: int, device: torch.device, dtype: torch.dtype, layout: torch.memory_format,
+         progress: Callable[[int, int | None], None] | None) -> tuple[np.ndarray, int, int]:
+    """Sum of the finite per-image maps (over the crop when there is one), their count, and the count of
+    maps with NaN or inf."""
+    window = (slice(None), slice(None), *(slice(a, b) for a, b in where.crop)) if where.crop else ...
+    total: np.ndarray | None = None
+    count = bad = done = 0
+    with truncated(model, layer, calls, device, dtype, layout) as forward:
         for batch in source.batches(batch_size):
-            seen[0] = 0
             x = batch[window].to(device=device, dtype=dtype).contiguous(memory_format=layout).requires_grad_(True)
             with torch.enable_grad():
-                feature = _forward(model, tensors, x)
-                (grad,) = torch.autograd.grad(_target(proto, feature, where, layer).sum(), x)
-            maps = proto.per_image(grad).detach().to("cpu", torch.float64)
+                (grad,) = torch.autograd.grad(aim.scalar(forward(x), where, layer, done).sum(), x)
+            maps = aim.protocol.per_image(grad).detach().to("cpu", torch.float64)
             finite = torch.isfinite(maps).flatten(1).all(1)
             bad += int((~finite).sum())
             if bool(finite.any()):
@@ -387,14 +454,52 @@ def _run(model: torch.nn.Module, layer: str, calls: int, proto: Protocol, source
             done += batch.shape[0]
             if progress is not None:
                 progress(done, source.count)
-    finally:
-        if handle is not None:
-            handle.remove()
-        for m, flag in training:
-            m.training = flag
     if done == 0:
         raise RflensError("no input images")
     return (total if total is not None else np.zeros(()), count, bad)
+
+
+def perturbation_response(model: torch.nn.Module, layer: str, block: Sequence[tuple[int, int]], *,
+                          inputs: Any = None, n: int = 4, input_size: int | Sequence[int] | None = None,
+                          in_channels: int | None = None, target_class: int | None = None, eps: float = 0.5,
+                          protocol: str = "kim", device: str = "cpu", seed: int = 0,
+                          progress: Callable[[int, int | None], None] | None = None) -> tuple[np.ndarray, int]:
+    """|target(x + eps at one pixel, every channel) - target(x)| / eps for each pixel of ``block`` ([lo, hi) per
+    axis), averaged over ``n`` images (Kim et al. §5.2's positional sensitivity); the target is the one
+    :func:`erf` differentiates (same protocol, class and unit). Returns the block-shaped array and the number
+    of images."""
+    if eps <= 0:
+        raise RflensError(f"eps must be positive, got {eps}")
+    device = _device(device)
+    source = _source(model, inputs, n, input_size, in_channels, seed)
+    proto = PROTOCOLS[protocol]
+    trace = _tracer(model, source.in_channels, device)
+    graph, calls = _capture(model, layer, source, trace)
+    node_id, unit, _, _ = _probe(graph, layer, None)
+    where = ConePlan(None, unit, graph.nodes[node_id].sizes if node_id is not None else (), "perturbation")
+    pixels = list(np.ndindex(*[hi - lo for lo, hi in block]))
+    change = np.zeros(len(pixels))
+    images = 0
+    aim = Aim(proto, target_class, source.labels)
+    with torch.no_grad(), truncated(model, layer, calls, device, torch.float32) as forward:
+        for batch in source.batches(1):
+            x = batch.to(device=device, dtype=torch.float32)
+            output = forward(x)
+            fixed = aim.resolved(output, where, layer, images)  # the class must not follow the perturbation
+            base = fixed.scalar(output, where, layer, 0)
+            for start in range(0, len(pixels), 16):
+                chunk = pixels[start:start + 16]
+                shifted = x.repeat(len(chunk), *([1] * (x.dim() - 1)))
+                for j, p in enumerate(chunk):
+                    shifted[(j, slice(None), *(lo + i for (lo, _), i in zip(block, p, strict=True)))] += eps
+                out = fixed.scalar(forward(shifted), where, layer, 0)
+                change[start:start + len(chunk)] += (out - base).abs().cpu().numpy() / eps
+            images += 1
+            if progress is not None:
+                progress(images, source.count)
+    if images == 0:
+        raise RflensError("no input images")
+    return (change / images).reshape([hi - lo for lo, hi in block]), images
 
 
 def _cast(t: torch.Tensor, device: torch.device, dtype: torch.dtype, layout: torch.memory_format) -> torch.Tensor:
@@ -410,17 +515,14 @@ def _forward(model: torch.nn.Module, tensors: dict[str, torch.Tensor], x: torch.
         return stop.output
 
 
-def _target(proto: Protocol, output: Any, where: ConePlan, layer: str) -> torch.Tensor:
-    """One scalar per image from the features at the unit."""
+def _at_unit(output: Any, where: ConePlan, layer: str) -> torch.Tensor:
+    """The features ``(B, C)`` at the unit."""
     feature = _first_tensor(output, layer)
     if feature.dim() != 2 + len(where.unit) or (where.unit and tuple(feature.shape[2:]) != where.sizes):
         raise RflensError(f"layer {layer!r} gives a tensor of shape {tuple(feature.shape)}; an ERF needs "
                           f"(batch, channels, *spatial) with spatial size {where.sizes} (a channels-last output "
                           "is not supported: probe the module around it)")
-    at = feature[(slice(None), slice(None), *where.unit)]
-    if not where.unit and proto.name == "kim":  # a classifier's output: the predicted class's logit
-        return at.gather(1, at.detach().argmax(1, keepdim=True)).squeeze(1)
-    return proto.target(at)
+    return feature[(slice(None), slice(None), *where.unit)]
 
 
 def _first_tensor(output: Any, layer: str) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,7 @@ class InputSource:
     input_size: tuple[int, ...]
     in_channels: int
     _batches: Any
+    labels: list[int] | None = None  # each image's class (a labelled folder), in the order the images come
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         return self._batches(batch_size)
@@ -87,26 +89,70 @@ def noise(count: int, in_channels: int, input_size: Sequence[int], seed: int = 0
 def folder(path: str | os.PathLike, count: int | None, in_channels: int, input_size: Sequence[int],
            preprocess: Preprocess) -> InputSource:
     """The pictures of a folder in name order (the first ``count`` of them), preprocessed like the model's
-    evaluation data."""
+    evaluation data. A folder of class folders is labelled (:func:`folder_labels`)."""
     root = Path(path)
     if not root.is_dir():
         raise RflensError(f"image folder {str(root)!r} does not exist or is not a folder")
-    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = _pictures(root)
+    labels = None
     if not files:
-        raise RflensError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {str(root)!r}")
+        files, labels = folder_labels(root)
+    if not files:
+        raise RflensError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {str(root)!r} or its class folders")
     if len(input_size) != 2:
         raise RflensError(f"pictures feed 2-D models; this input size is {len(input_size)}-D")
     if in_channels not in (1, 3):
         raise RflensError(f"pictures have 1 or 3 channels; the model expects {in_channels}")
     files = files[:count] if count is not None else files
+    labels = labels[:len(files)] if labels is not None else None
 
     def batches(batch_size: int) -> Iterator[torch.Tensor]:
         for start in range(0, len(files), batch_size):
             yield torch.stack([_picture(f, in_channels, tuple(input_size), preprocess)
                                for f in files[start:start + batch_size]])
 
-    return InputSource("folder", f"{len(files)} images from {str(root)!r} ({preprocess.source})", len(files),
-                       tuple(input_size), in_channels, batches)
+    labelled = f", labelled by {len(set(labels))} class folders" if labels is not None else ""
+    return InputSource("folder", f"{len(files)} images from {str(root)!r} ({preprocess.source}{labelled})",
+                       len(files), tuple(input_size), in_channels, batches, labels)
+
+
+def _pictures(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def folder_labels(root: Path) -> tuple[list[Path], list[int]]:
+    """The pictures of ``root``'s subfolders and their classes, folder by folder in name order. A subfolder is
+    named after its class: the class index (``207``) or an ImageNet-1k WordNet id (``n02099601``, the layout
+    of ImageNet's validation set), read from timm's class list."""
+    files: list[Path] = []
+    labels: list[int] = []
+    synsets: dict[str, int] | None = None
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        pictures = _pictures(sub)
+        if not pictures:
+            continue
+        if sub.name.isdigit():
+            label = int(sub.name)
+        elif re.fullmatch(r"n\d{8}", sub.name):
+            synsets = synsets if synsets is not None else _imagenet_synsets()
+            if sub.name not in synsets:
+                raise RflensError(f"class folder {sub.name!r} is not one of ImageNet-1k's WordNet ids")
+            label = synsets[sub.name]
+        else:
+            raise RflensError(f"class folder {str(sub)!r}: name class folders by class index (e.g. 207) or ImageNet "
+                              "WordNet id (e.g. n02099601)")
+        files += pictures
+        labels += [label] * len(pictures)
+    return files, labels
+
+
+def _imagenet_synsets() -> dict[str, int]:
+    try:
+        from timm.data import ImageNetInfo
+    except ImportError:
+        raise RflensError("WordNet-id class folders need timm's ImageNet class list (pip install timm), or "
+                          "name the folders by class index") from None
+    return {name: i for i, name in enumerate(ImageNetInfo().label_names())}
 
 
 def _picture(path: Path, in_channels: int, size: tuple[int, int], pre: Preprocess) -> torch.Tensor:

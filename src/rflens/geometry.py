@@ -135,9 +135,10 @@ class Window:
         u = np.arange(n_out, dtype=np.int64)
         return [_valid(u * self.stride - self.pad_left + t * self.dilation, n_in) for t in range(self.kernel)]
 
-    def coverage(self) -> tuple[int, int]:
-        """How often an interior input index is read: floor(k/s) or ceil(k/s) (uniform iff k mod s == 0)."""
-        return self.kernel // self.stride, -(-self.kernel // self.stride)
+    def coverage(self) -> tuple[int, ...]:
+        """How many windows read an interior input index i, for i mod stride = 0, 1, ...: floor(k/s) or
+        ceil(k/s) with dilation 1, uniform iff k mod s == 0 (Odena et al., Distill 2016)."""
+        return residue_counts(self.kernel, self.stride, self.dilation, self.pad_left)
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,11 @@ class Transposed:
         hi = QuasiAffine.floor_div(1, self.padding, self.stride)
         return lo, hi
 
+    def coverage(self) -> tuple[int, ...]:
+        """How many input units an interior output index o receives, for o mod stride = 0, 1, ...: uneven
+        when k mod s != 0 (the checkerboard of transposed convolutions, Odena et al., Distill 2016)."""
+        return residue_counts(self.kernel, self.stride, self.dilation, self.padding)
+
     def taps(self, n_in: int, n_out: int) -> Taps:
         u = np.arange(n_out, dtype=np.int64)
         taps = []
@@ -169,6 +175,15 @@ class Transposed:
             i = np.where(num % self.stride == 0, num // self.stride, -1)
             taps.append(_valid(i, n_in))
         return taps
+
+
+def residue_counts(kernel: int, stride: int, dilation: int, offset: int) -> tuple[int, ...]:
+    """For index i = 0 .. stride-1 (mod stride): the taps t in 0..kernel-1 with t*dilation = i + offset
+    (mod stride), i.e. how many windows of a strided window op meet an interior index of that residue."""
+    counts = [0] * stride
+    for t in range(kernel):
+        counts[(t * dilation - offset) % stride] += 1
+    return tuple(counts)
 
 
 def _valid(idx: np.ndarray, n: int) -> np.ndarray:

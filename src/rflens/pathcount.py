@@ -55,14 +55,14 @@ class PathMap:
     map: np.ndarray
     log2_scale: float
     node: int
-    unit: tuple[int, ...]
+    unit: tuple[int, ...] | str  # "all": every unit of the node
     module: str
     exact: bool  # every count met during the walk was below 2**53: the counts are exact integers
     mantissa: np.ndarray = field(repr=False)
     exponent: int = field(repr=False)
 
     @classmethod
-    def from_scaled(cls, mantissa: np.ndarray, exponent: int, node: int, unit: tuple[int, ...], module: str,
+    def from_scaled(cls, mantissa: np.ndarray, exponent: int, node: int, unit: tuple[int, ...] | str, module: str,
                     exact: bool) -> PathMap:
         peak = float(mantissa.max()) if mantissa.size else 0.0
         if peak > 0:
@@ -124,7 +124,8 @@ class PathMap:
         reached = bool(self.map.any())
         peak = np.unravel_index(int(np.argmax(self.map)), self.map.shape) if reached else None
         return {
-            "node": self.node, "module": self.module, "unit": list(self.unit), "input_size": list(self.input_size),
+            "node": self.node, "module": self.module,
+            "unit": self.unit if isinstance(self.unit, str) else list(self.unit), "input_size": list(self.input_size),
             "exact": self.exact, "log2_scale": self.log2_scale if reached else None,
             "max_log10": self.log2_scale * _LOG10_2 if reached else None,
             "total_log10": self.total_log10 if reached else None,
@@ -208,14 +209,20 @@ def _resolve(graph: Graph, node: int | str) -> tuple[Node, str]:
     return target, target.module
 
 
-def path_counts(graph: Graph, node: int | str, unit: Sequence[int] | None = None) -> PathMap:
+def path_counts(graph: Graph, node: int | str, unit: Sequence[int] | str | None = None) -> PathMap:
     """Number of paths joining every input pixel to output ``unit`` of ``node`` (a node id, negative ids
     counting from the end, or a module name) in the single-channel ones surrogate of ``graph``. ``unit``
-    defaults to the centre unit the ERF protocols probe (:func:`rflens.geometry.centre_unit`)."""
+    defaults to the centre unit the ERF protocols probe (:func:`rflens.geometry.centre_unit`); ``"all"`` counts
+    the paths into every unit of the node (the map of the node's spatial sum, as a pooled output sees it)."""
     target, module = _resolve(graph, node)
-    unit = check_unit(target, centre_unit(target.sizes) if unit is None else unit)
-    seed = np.zeros(target.sizes)
-    seed[unit] = 1.0
+    if isinstance(unit, str):
+        if unit != "all":
+            raise ValueError(f"unit must be a tuple of indices, None (the centre) or 'all', got {unit!r}")
+        seed = np.ones(target.sizes)
+    else:
+        unit = check_unit(target, centre_unit(target.sizes) if unit is None else unit)
+        seed = np.zeros(target.sizes)
+        seed[unit] = 1.0
     counter = _Counter()
     result = walk_back(graph, target.id, (seed, 0), counter.pull, counter.merge, counter.empty)
     mantissa, exponent = result if result is not None else (np.zeros(graph.input_size), 0)

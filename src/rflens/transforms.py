@@ -1,24 +1,31 @@
 """Changes to a model that return a new ``nn.Module``; the user's model is never modified.
 
-:func:`refine` applies a refinement recipe (:mod:`rflens.refinement`): a stride, kernel or padding attribute
-of a convolution or pooling module, or the position of a module inside its ``nn.Sequential``. A convolution
-whose kernel changes gets a new, freshly initialised weight (the refined model is to be trained). Layouts that
-live in a module's ``forward`` code (a stride hard-coded in a functional call) cannot be changed by attribute:
+A change is written as a recipe (plain JSON: ``{"rflens_recipe": 1, "edits": [...]}``) and :func:`apply_recipe`
+rebuilds it on the original model. An edit sets a stride, kernel or padding attribute of a convolution or
+pooling module, or moves a module inside its ``nn.Sequential`` (refinements, :mod:`rflens.refinement`); a
+convolution whose kernel changes that way gets a new, freshly initialised weight (the refined model is to be
+trained). A kernel-padding edit (``"kernel_offset"``, :func:`kernel_pad`) instead embeds the old weight in the
+larger kernel with zeros around it, so the convolution computes the same function. Layouts that live in a
+module's ``forward`` code (a stride hard-coded in a functional call) cannot be changed by attribute:
 :class:`RefineError` says so and names the module.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.utils import _reverse_repeat_tuple
 
-from rflens.errors import RefineError
+from rflens.errors import RefineError, RflensError
+from rflens.geometry import Window
 
 _ATTRIBUTES = ("stride", "kernel_size", "padding")
 
@@ -52,6 +59,11 @@ def _check(model: nn.Module, edit: Mapping[str, Any]) -> None:
     if "stride" in edit and max(edit["stride"]) > 1 and getattr(module, "padding", None) == "same":
         raise RefineError(f"module '{name}' uses padding='same', which PyTorch allows only at stride 1: give it "
                           "explicit padding by hand first")
+    if "kernel_offset" in edit:
+        if type(module) not in _PADDABLE:
+            raise RefineError(f"module '{name}' ({type(module).__name__}) is not a plain PyTorch convolution or "
+                              "pooling: rflens pads the kernels of nn.ConvNd, nn.MaxPoolNd and nn.AvgPoolNd only")
+        return
     if "kernel_size" in edit and not isinstance(module, nn.modules.conv._ConvNd):
         raise RefineError(f"module '{name}' ({type(module).__name__}) is not a convolution: rflens changes kernel "
                           "sizes of convolutions only")
@@ -67,18 +79,23 @@ def applicable(model: nn.Module, edits: Sequence[Mapping[str, Any]]) -> str | No
     return None
 
 
-def refine(model: nn.Module, recipe: Mapping[str, Any]) -> nn.Module:
-    """A copy of ``model`` with the recipe's edits applied (a recipe from ``rflens border --apply`` or
-    :meth:`rflens.refinement.Suggestion.recipe`). A recipe that changes only the input size returns an
+def apply_recipe(model: nn.Module, recipe: Mapping[str, Any], weights: str | os.PathLike | None = None
+                 ) -> nn.Module:
+    """A copy of ``model`` with the recipe's edits applied: a refinement (``rflens border --apply``,
+    :meth:`rflens.refinement.Suggestion.recipe`) or a fix (``rflens fix kernel-pad``, :func:`kernel_pad`).
+    ``weights``: a state-dict file of the changed model (the ``.safetensors`` written next to a fix) to load
+    into it, strictly and without running code. A recipe that changes only the input size returns an
     unchanged copy: feed it ``recipe["input_size"]``."""
     edits = recipe.get("edits")
     if edits is None:
-        raise RefineError("not a refinement recipe: it has no 'edits'")
+        raise RefineError("not an rflens recipe: it has no 'edits'")
     out = copy.deepcopy(model)
     for edit in edits:
         _check(out, edit)
         if "move_before" in edit:
             _move(out, edit["module"], edit["move_before"])
+        elif "kernel_offset" in edit:
+            _pad_kernel(out, edit)
         elif "kernel_size" in edit:
             _replace_conv(out, edit)
         else:
@@ -86,7 +103,14 @@ def refine(model: nn.Module, recipe: Mapping[str, Any]) -> nn.Module:
             for key in _ATTRIBUTES:
                 if key in edit:
                     setattr(module, key, _like(getattr(module, key), edit[key]))
+    if weights is not None:
+        from rflens.sources import load_weights
+
+        load_weights(out, weights)
     return out
+
+
+refine = apply_recipe  # the name issue 3 gave it: a refinement is one kind of recipe
 
 
 def _like(old: Any, new: Sequence[int]) -> Any:
@@ -140,4 +164,220 @@ def load_recipe(path: str) -> dict[str, Any]:
     return recipe
 
 
-__all__ = ["applicable", "load_recipe", "refine"]
+# -- kernel padding (Kim et al., "Dead pixel test using effective receptive field", PRL 2023) ---------------
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+_PADDABLE = _CONVS + _POOLS
+KEPT_POOL = "a wider pooling window would change the function (pools='widen' widens it anyway)"
+
+
+def _per_axis(value: Any, ndim: int) -> tuple[int, ...]:
+    if isinstance(value, str):  # 'valid' (a culprit has stride > 1, so never 'same')
+        return (0,) * ndim
+    return tuple(int(v) for v in value) if isinstance(value, (tuple, list)) else (int(value),) * ndim
+
+
+def _pad_kernel(model: nn.Module, edit: Mapping[str, Any]) -> None:
+    """Grow the kernel to ``kernel_size`` with the old taps starting at ``kernel_offset`` per axis and zeros
+    elsewhere; ``padding`` grows with the offset, so every old tap still reads the same input position."""
+    module = _module(model, edit["module"])
+    kernel, offset = tuple(int(k) for k in edit["kernel_size"]), tuple(int(o) for o in edit["kernel_offset"])
+    if isinstance(module, _CONVS):
+        old = module.weight
+        if any(o < 0 or o + k > new for o, k, new in zip(offset, old.shape[2:], kernel, strict=True)):
+            raise RefineError(f"module '{edit['module']}': kernel {tuple(old.shape[2:])} does not fit in {kernel} "
+                              f"at offset {offset}")
+        weight = torch.zeros((*old.shape[:2], *kernel), dtype=old.dtype, device=old.device)
+        with torch.no_grad():
+            weight[(..., *(slice(o, o + k) for o, k in zip(offset, old.shape[2:], strict=True)))] = old
+        module.weight = nn.Parameter(weight, requires_grad=old.requires_grad)
+        module.kernel_size = kernel
+        module.padding = tuple(int(p) for p in edit["padding"])
+        module._reversed_padding_repeated_twice = _reverse_repeat_tuple(module.padding, 2)
+    else:
+        module.kernel_size = _like(module.kernel_size, kernel)
+        module.padding = _like(module.padding, edit["padding"])
+
+
+@dataclass
+class KernelPadding:
+    """The kernel-padded model, its recipe, what changed and what could not be changed.
+
+    ``changes``: one entry per module: kernel and padding before/after, the zeros placed before the old taps
+    (``kernel_offset``; 0 = Kim et al.'s bottom/right padding), and ``exact`` (a convolution with zero taps
+    computes the same function; a widened pooling does not). ``max_abs_output_change``: the largest change of
+    the model's output on seeded random inputs at the input size (0 up to float rounding when every change is
+    exact)."""
+
+    model: nn.Module = field(repr=False)
+    recipe: dict[str, Any]
+    changes: list[dict[str, Any]]
+    refused: list[tuple[str, str]]  # (module, why) of culprit layers left as they were
+    max_abs_output_change: float
+    output_scale: float  # the largest |output| of the original model on the same inputs
+
+    @property
+    def exact(self) -> bool:
+        return all(c["exact"] for c in self.changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"changes": self.changes, "refused": [{"name": n, "why": w} for n, w in self.refused],
+                "exact": self.exact, "max_abs_output_change": self.max_abs_output_change,
+                "output_scale": self.output_scale}
+
+
+def kernel_padding_edits(model: nn.Module, graph: Any, culprits: Sequence[Any], pools: str = "widen"
+                         ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[tuple[str, str]]]:
+    """Recipe edits that pad every culprit's kernel (:func:`rflens.deadpixel.culprits`) to the next multiple of
+    its stride, with zeros at the bottom/right where that keeps every output size at the graph's input size,
+    else with zeros first and the padding grown to match (so the old taps read the same pixels). Returns
+    (edits, change descriptions, refused (module, why)). ``pools="keep"`` leaves poolings alone."""
+    if pools not in ("widen", "keep"):
+        raise RflensError(f"pools must be 'widen' or 'keep', got {pools!r}")
+    edits: list[dict[str, Any]] = []
+    changes: list[dict[str, Any]] = []
+    refused: list[tuple[str, str]] = []
+    for culprit in culprits:
+        try:
+            edit, change = _culprit_edit(model, graph, culprit, pools)
+        except RefineError as exc:
+            refused.append((culprit.name, str(exc)))
+            continue
+        edits.append(edit)
+        changes.append(change)
+    return edits, changes, refused
+
+
+def _culprit_edit(model: nn.Module, graph: Any, culprit: Any, pools: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    name = culprit.name
+    if culprit.transposed:
+        raise RefineError("a transposed convolution: its checkerboard is in its output; padding its kernel would "
+                          "change the output size (use resize-then-convolve, Odena et al. 2016)")
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        module = None
+    if type(module) not in _PADDABLE:
+        what = "the top level" if name == "" else f"{type(module).__name__}" if module is not None else "no module"
+        raise RefineError(f"the strided window runs in the forward code of {what}, not in a plain nn.ConvNd / "
+                          "nn.MaxPoolNd / nn.AvgPoolNd whose kernel rflens can grow: pad it by hand")
+    is_pool = isinstance(module, _POOLS)
+    if is_pool and pools == "keep":
+        raise RefineError(KEPT_POOL)
+    ndim = graph.ndim
+    kernel, stride = _per_axis(module.kernel_size, ndim), _per_axis(module.stride or module.kernel_size, ndim)
+    padding, dilation = _per_axis(module.padding, ndim), _per_axis(getattr(module, "dilation", 1), ndim)
+    ceil = bool(getattr(module, "ceil_mode", False))
+    for node_id in culprit.nodes:
+        node = graph.nodes[node_id]
+        declared = tuple(Window(k, s, p, p, d, ceil) for k, s, p, d in zip(kernel, stride, padding, dilation,
+                                                                             strict=True))
+        if tuple(node.reads[0]) != declared:
+            raise RefineError("its forward does not use its kernel_size/stride/padding attributes as declared")
+    grow = tuple(0 if len(set(c)) == 1 else (-k) % s for c, k, s in zip(culprit.counts, kernel, stride, strict=True))
+    for d, s, g in zip(dilation, stride, grow, strict=True):
+        if g and math.gcd(d, s) > 1:
+            raise RefineError(f"dilation {d} and stride {s} share a factor: some positions are never read whatever "
+                              "the kernel size, so padding the kernel cannot even out the coverage")
+    offsets = []
+    for axis in range(ndim):
+        sizes = [(graph.nodes[graph.nodes[i].inputs[0]].sizes[axis], graph.nodes[i].sizes[axis])
+                 for i in culprit.nodes]
+        k, s, p, d, g = kernel[axis], stride[axis], padding[axis], dilation[axis], grow[axis]
+        fits = [o for o in range(g + 1)
+                if all(Window(k + g, s, p + o * d, p + o * d, d, ceil).output_size(n) == out for n, out in sizes)
+                and (not is_pool or p + o * d <= (k + g) // 2)]
+        if not fits:
+            raise RefineError(f"no placement of the {g} extra zero tap(s) keeps its output size on axis {axis} at "
+                              f"input size(s) {[n for n, _ in sizes]}: pick another input size")
+        offsets.append(fits[0])
+    new_kernel = tuple(k + g for k, g in zip(kernel, grow, strict=True))
+    new_padding = tuple(p + o * d for p, o, d in zip(padding, offsets, dilation, strict=True))
+    edit = {"module": name, "kernel_size": list(new_kernel), "padding": list(new_padding),
+            "kernel_offset": offsets}
+    change = {"module": name, "type": type(module).__name__, "kernel": [list(kernel), list(new_kernel)],
+              "padding": [list(padding), list(new_padding)], "kernel_offset": offsets, "exact": not is_pool,
+              "note": ("zeros at the bottom/right" if not any(offsets) else "zeros first, padding grown to match")
+              if not is_pool else "wider window: the function changes (fine-tune the model)"}
+    return edit, change
+
+
+def kernel_pad(model: nn.Module, input_size: int | Sequence[int], *, in_channels: int | None = None,
+               pools: str = "auto", device: str = "cpu", layer: str = "output", model_name: str | None = None,
+               check_images: int = 2) -> KernelPadding:
+    """Kernel padding (Kim et al., PRL 2023): every convolution whose kernel is not a multiple of its stride
+    gets zero taps up to the next multiple (7->8, 3->4, 1->2 at stride 2), which keeps its function. A pooling
+    cannot do that: ``pools="widen"`` gives it the wider window (Kim et al.'s 4x4 max-pool, which changes the
+    function), ``"keep"`` leaves it, and ``"auto"`` (default) keeps poolings unless the structural map still has a
+    checkerboard without widening them (in ResNets the padded 8x8 stem already evens out the 3x3 max-pool).
+    Only layers that feed ``layer`` are changed. Output sizes at ``input_size`` are kept (see
+    :func:`kernel_padding_edits`).
+
+    The change verifies itself: the padded model is traced again (same output shapes everywhere, no culprit
+    left among the changed layers) and run next to the original on ``check_images`` seeded random inputs; when
+    every change is exact (no widened pooling) the outputs must agree to float rounding, else it raises."""
+    from rflens.capture import capture
+    from rflens.deadpixel import culprits as find_culprits
+    from rflens.deadpixel import structural_test
+
+    if pools not in ("auto", "widen", "keep"):
+        raise RflensError(f"pools must be 'auto', 'widen' or 'keep', got {pools!r}")
+    graph = capture(model, input_size, in_channels=in_channels)
+    found = find_culprits(graph, layer)
+    edits, changes, refused = kernel_padding_edits(model, graph, found, "widen" if pools == "widen" else "keep")
+    if pools == "auto":  # the exact fix first; widen poolings only if a checkerboard survives it
+        pools = "keep"
+        if any(why == KEPT_POOL for _, why in refused):
+            trial = capture(apply_recipe(model, {"edits": edits}), input_size, in_channels=in_channels)
+            if structural_test(trial, layer).indices.checkerboard:
+                pools = "widen"
+                edits, changes, refused = kernel_padding_edits(model, graph, found, pools)
+    recipe = {"rflens_recipe": 1, "fix": "kernel-pad", "model": model_name or type(model).__name__,
+              "input_size": list(graph.input_size), "pools": pools, "edits": edits}
+    fixed = apply_recipe(model, recipe)
+    after = capture(fixed, input_size, in_channels=in_channels)
+    before_shapes = {m: graph.nodes[i].shape for m, i in graph.module_outputs.items()}
+    after_shapes = {m: after.nodes[i].shape for m, i in after.module_outputs.items()}
+    if before_shapes != after_shapes:
+        moved = [m for m in before_shapes if after_shapes.get(m) != before_shapes[m]]
+        raise RflensError(f"kernel padding changed the output shape of {moved[:3]}: please report this as a bug")
+    left = {c.name for c in find_culprits(after, layer)} & {e["module"] for e in edits}
+    if left:
+        raise RflensError(f"kernel padding left an uneven coverage in {sorted(left)}: please report this as a bug")
+    change, scale = _output_change(model, fixed, graph.input_shape, device, check_images)
+    result = KernelPadding(fixed, recipe, changes, refused, change, scale)
+    if result.exact and change > 1e-4 * max(scale, 1.0):
+        raise RflensError(f"kernel padding changed the output by {change:.3g} (output scale {scale:.3g}) although "
+                          "every change adds zero taps only: please report this as a bug")
+    return result
+
+
+def _output_change(model: nn.Module, fixed: nn.Module, input_shape: Sequence[int], device: str, images: int
+                   ) -> tuple[float, float]:
+    """max |fixed(x) - model(x)| and max |model(x)| over every floating-point output, on seeded inputs."""
+    from torch.utils import _pytree
+
+    if any(p.is_meta for p in model.parameters()):
+        raise RflensError("the model's parameters are on the meta device: build it with real weights to check the "
+                          "kernel-padded model against it")
+    x = torch.randn((images, *input_shape[1:]), generator=torch.Generator().manual_seed(0))
+    flags = [(m, m.training) for net in (model, fixed) for m in net.modules()]
+    try:
+        with torch.no_grad():
+            outs = []
+            for net in (model, fixed):
+                net.eval()
+                param = next(net.parameters(), None)
+                dev = param.device if param is not None else torch.device(device)
+                outs.append([t.detach().to("cpu", torch.float64) for t in _pytree.tree_leaves(net(x.to(dev)))
+                             if isinstance(t, torch.Tensor) and t.is_floating_point()])
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    diff = max((float((a - b).abs().max()) for a, b in zip(*outs, strict=True)), default=0.0)
+    scale = max((float(a.abs().max()) for a in outs[0]), default=0.0)
+    return diff, scale
+
+
+__all__ = ["KernelPadding", "apply_recipe", "applicable", "kernel_pad", "kernel_padding_edits", "load_recipe",
+           "refine"]

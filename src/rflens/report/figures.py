@@ -497,3 +497,55 @@ def erf_depth_figure(results: Sequence[ERF]) -> Figure:
 
 
 __all__ = ["STATUS_COLORS", "axis_names", "border_figure", "erf_depth_figure", "erf_figure", "square_sides"]
+
+
+def _mean_one(m: np.ndarray) -> np.ndarray:
+    return m / m.mean() if m.any() else m
+
+
+def _centre_slices(m: np.ndarray) -> np.ndarray:
+    """A 2-D view of an n-D map: the middle slice of every leading axis beyond the last two."""
+    while m.ndim > 2:
+        m = m[m.shape[0] // 2]
+    return m
+
+
+def deadpixel_figure(report: Any, zoom: int = 32) -> Figure:
+    """Kim et al.'s picture: each map of a dead-pixel test (structural, ERF; before and after kernel padding)
+    normalised to mean 1, full and as a ``zoom``-pixel crop at its centre where the checkerboard shows."""
+    panels = [("structural", report.structural)]
+    if report.erf is not None:
+        panels.append(("ERF (kim)", report.erf))
+    if report.after_fix is not None:
+        panels.append(("structural, kernel-padded", report.after_fix.structural))
+        if report.after_fix.erf is not None:
+            panels.append(("ERF (kim), kernel-padded", report.after_fix.erf))
+    ndim = panels[0][1].map.ndim
+    fig = Figure(figsize=(3.2 * len(panels), 6.4 if ndim >= 2 else 2.8), layout="constrained")
+    axes = fig.subplots(2 if ndim >= 2 else 1, len(panels), squeeze=False)
+    for col, (title, test) in enumerate(panels):
+        m = _centre_slices(_mean_one(np.asarray(test.map, dtype=np.float64)))
+        ix = test.indices
+        label = f"{title}\nL1 {ix.l1:.3g}, " + (f"period {ix.period} px" if ix.period else "no checkerboard")
+        if m.ndim == 1:
+            axes[0, col].plot(m, lw=0.8, color=R_MIN_COLOR)
+            axes[0, col].set_title(label, fontsize=9)
+            axes[0, col].set_xlabel("input position")
+            continue
+        image = axes[0, col].imshow(m, cmap="magma", interpolation="nearest")
+        axes[0, col].set_title(label, fontsize=9)
+        fig.colorbar(image, ax=axes[0, col], shrink=0.7)
+        centre = [s // 2 for s in m.shape]
+        crop = tuple(slice(max(c - zoom // 2, 0), max(c - zoom // 2, 0) + zoom) for c in centre)
+        part = m[crop]
+        image = axes[1, col].imshow(part, cmap="magma", interpolation="nearest",
+                                    extent=(crop[1].start - 0.5, crop[1].start + part.shape[1] - 0.5,
+                                            crop[0].start + part.shape[0] - 0.5, crop[0].start - 0.5))
+        axes[1, col].set_title(f"centre {part.shape[0]}x{part.shape[1]} px", fontsize=9)
+        fig.colorbar(image, ax=axes[1, col], shrink=0.7)
+    size = "x".join(map(str, report.input_size))
+    fig.suptitle(f"{report.model} at {size}: dead-pixel test of {report.layer} (maps normalised to mean 1; "
+                 f"{len(report.culprits)} culprit layers"
+                 + (f", {len(report.after_fix.culprits)} after kernel padding)" if report.after_fix else ")"),
+                 fontsize=10)
+    return fig
