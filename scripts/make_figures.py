@@ -11,6 +11,7 @@ from pathlib import Path
 import torchvision
 
 from rflens.border import border_report
+from rflens.deadpixel import dead_pixel_test
 from rflens.erf import erf
 from rflens.report.figures import erf_depth_figure
 from rflens.sources import load_model
@@ -18,8 +19,12 @@ from rflens.sources import load_model
 IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 
 
-def main() -> None:
+def main(only: str | None = None) -> None:
+    """Every figure, or only the one named (``deadpixel``)."""
     IMG.mkdir(parents=True, exist_ok=True)
+    if only == "deadpixel":  # the dead-pixel figure alone (seconds)
+        deadpixel_figure()
+        return
     report = border_report(torchvision.models.vgg19(weights=None), 224, model_name="torchvision:vgg19")
     path = IMG / "border_vgg19.png"
     report.plot(path)
@@ -36,7 +41,17 @@ def main() -> None:
     erf_depth_figure([erf(resnet, layer, n=16, input_size=224, model_name=name) for layer in layers]).savefig(
         path, dpi=120, bbox_inches="tight")
     print(f"wrote {path}")
+    deadpixel_figure()
+
+
+def deadpixel_figure() -> None:
+    name = "torchvision:resnet50"
+    path = IMG / "deadpixel_resnet50.png"
+    dead_pixel_test(load_model(name), 224, fix="kernel-pad", model_name=name).plot(path)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1] if len(sys.argv) > 1 else None)

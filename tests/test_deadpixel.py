@@ -93,10 +93,18 @@ def _stem(stages: int) -> nn.Module:
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1))
 
 
-@pytest.mark.parametrize("stages,size,period", [(0, 96, 4), (0, 224, 4), (3, 320, 32), (3, 416, 32)])
+@pytest.mark.parametrize("stages,size,period", [(0, 64, 4), (0, 96, 4), (0, 224, 4), (3, 256, 32), (3, 320, 32),
+                                               (3, 416, 32)])
 def test_checkerboard_period(stages, size, period):
     ix = structural_test(capture(_stem(stages), size)).indices
     assert ix.period == period and ix.period_per_axis == (period, period) and ix.strength > 0.1
+
+
+@pytest.mark.parametrize("size", [48, 64, 80, 128])
+def test_period_of_small_maps(size):
+    net = nn.Sequential(nn.Conv2d(1, 1, 3, 1, 1), nn.MaxPool2d(3, 2, 1), nn.AvgPool2d(3, 2, 1),
+                        nn.Conv2d(1, 1, 3, 2, 1), nn.AdaptiveAvgPool2d(1))
+    assert structural_test(capture(net, size)).indices.period == 8
 
 
 def test_all_units_map_is_the_sum_of_unit_maps():
@@ -259,7 +267,7 @@ def test_errors_of_the_test():
         dead_pixel_test(_Positive(), 24, sensitivity=True)
     with pytest.raises(RflensError, match="unknown fix"):
         dead_pixel_test(_Positive(), 24, fix="magic")
-    with pytest.raises(KeyError, match="no module named 'nope'"):
+    with pytest.raises(RflensError, match="no module 'nope' with a spatial output"):
         dead_pixel_test(_Positive(), 24, layer="nope")
     with pytest.raises(RflensError, match="out of range"):
         dead_pixel_test(_Positive(), 24, weighted=True, n=1, target_class=9)
@@ -327,3 +335,36 @@ def test_cli_weighted_with_sensitivity_table(capsys):
                  "--sensitivity", "--block", "4"])
     out = capsys.readouterr().out
     assert code == 0 and "ERF (kim)" in out and "positional sensitivity" in out and "culprit layers" in out
+
+
+def test_review_regressions(tmp_path, capsys):
+    # a labelled folder does not replace the replknet target of an inner layer (labels are the kim logit's)
+    from PIL import Image
+    from torch.nn.utils import weight_norm
+
+    from rflens.erf import erf
+
+    (tmp_path / "1").mkdir()
+    Image.fromarray(np.full((32, 32, 3), 90, dtype=np.uint8)).save(tmp_path / "1" / "a.png")
+    inner = erf(_Positive(), "a", inputs=str(tmp_path), protocol="replknet", input_size=24)
+    assert inner.target.startswith("sum over channels")
+    # hooks computing the weight and non-zero padding modes are refused by name, not crashed on or guessed
+    with pytest.warns(FutureWarning):
+        hooked = nn.Sequential(weight_norm(nn.Conv1d(1, 2, 3, 2, 1)), nn.Conv1d(2, 2, 3, 2, 1, padding_mode="reflect"))
+    fixed = kernel_pad(hooked, 32, in_channels=1)
+    reasons = dict(fixed.refused)
+    assert "weight_norm" in reasons["0"] and "padding_mode 'reflect'" in reasons["1"] and not fixed.changes
+    # float64 models are checked in float64; a forward that needs real data is traced on the run device
+
+    class NeedsData(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3, 2, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y * 2 if bool(y.sum() > 0) else y
+
+    assert kernel_pad(NeedsData().double(), 20).exact
+    assert main(["deadpixel", "torchvision:resnet18", "--input-size", "32", "--layer", "nope"]) == 2
+    assert "no module 'nope'" in capsys.readouterr().err

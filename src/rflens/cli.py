@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "or cuda")
     d.add_argument("--layer", default="output", help="module name (named_modules()) or 'output' (default)")
     d.add_argument("--weighted", action="store_true",
-                   help="also test the gradient ERF (kim protocol); on by default with --weights")
+                   help="also test the gradient ERF (kim protocol); on by default with --weights, --inputs DIR, "
+                        "--class or --sensitivity")
     d.add_argument("--inputs", default="noise", metavar="noise|DIR",
                    help="images for the weighted test: seeded noise (default) or a folder (class folders = labels)")
     d.add_argument("--n", type=_positive, default=None, help="images to average (default 50 noise images)")
@@ -144,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     fixes = f.add_subparsers(dest="fix", required=True)
     k = fixes.add_parser("kernel-pad", help="pad odd strided kernels to a multiple of the stride (Kim et al.)",
                          description="Zero-pads the kernel of every convolution whose kernel is not a multiple of "
-                                     "its stride (same function), checks the result, and writes recipe.json and "
+                                     "its stride (the same function at --input-size: make the fix at the size "
+                                     "the model runs), checks the result, and writes recipe.json and "
                                      "model.safetensors to --out; rflens.apply_recipe(model, recipe, weights) "
                                      "rebuilds it.")
     _add_model_args(k, device="cpu", device_help="where the fixed model is checked against the original")
@@ -369,7 +371,8 @@ def _run_deadpixel(args: argparse.Namespace, console: Console) -> int:
     from rflens.report.deadpixel import changes_table, culprit_table, indices_table, summary
     from rflens.sources import describe
 
-    weighted = args.weighted or args.weights is not None or args.sensitivity
+    weighted = (args.weighted or args.weights is not None or args.sensitivity or args.target_class is not None
+                or args.inputs != "noise")
     model = _load(args, console)
     errors = Console(stderr=True)
     tasks: dict[str, int] = {}

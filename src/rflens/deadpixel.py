@@ -111,10 +111,17 @@ def ancestors(graph: Graph, node_id: int) -> set[int]:
 
 def target_node(graph: Graph, layer: str = "output") -> int:
     """The node of ``layer`` (a module name) or of the model's output."""
+    from rflens.errors import RflensError
     from rflens.pathcount import output_node
 
     if layer == "output" and "output" not in graph.module_outputs:
         return output_node(graph).id
+    if layer not in graph.module_outputs:
+        import difflib
+
+        close = difflib.get_close_matches(layer, list(graph.module_outputs), n=5)
+        raise RflensError(f"no module {layer!r} with a spatial output" + (f"; close: {', '.join(close)}" if close
+                                                                          else "") + " (or 'output')")
     return graph.module_node(layer).id
 
 
@@ -149,7 +156,7 @@ class DeadPixelIndices:
 
     ``l1``: mean |first difference| between neighbours, averaged over the axes; ``l2``: the same with second
     differences. ``period_per_axis``: the smallest lag P >= 2 at which the map repeats up to a smooth envelope
-    (its lag-P second-difference roughness of log(map) is at most ``PERIOD_TOLERANCE`` of the lag-1 one: the
+    (the median |lag-P second difference| of log(map) is at most ``PERIOD_TOLERANCE`` of the lag-1 one: the
     spectrum's energy lies on the harmonics of 1/P); None when the map is smooth or does not repeat within
     ``MAX_PERIOD``. ``period``: their least common multiple. ``strength``: RMS of map / (its mean over a
     period-sized box around each pixel) - 1: how far a pixel strays from its neighbourhood. ``dead_share``:
@@ -204,7 +211,7 @@ def _roughness(log_map: np.ndarray, axis: int, lag: int) -> float:
     before = np.take(log_map, range(0, n - 2 * lag), axis=axis)
     centre = np.take(log_map, range(lag, n - lag), axis=axis)
     after = np.take(log_map, range(2 * lag, n), axis=axis)
-    return float(np.abs(before + after - 2 * centre).mean())
+    return float(np.median(np.abs(before + after - 2 * centre)))  # the median: the field's edges do not weigh
 
 
 def _period(log_map: np.ndarray, axis: int, max_period: int) -> int | None:
@@ -349,7 +356,7 @@ def structural_test(graph: Graph, layer: str = "output") -> MapTest:
 def dead_pixel_test(model: Any, input_size: int | Sequence[int] | None = None, layer: str = "output", *,
                     in_channels: int | None = None, weighted: bool = False, inputs: Any = None,
                     n: int | None = None, target_class: int | None = None, sensitivity: bool = False,
-                    sensitivity_block: int = 8, eps: float = 0.5, fix: str | None = None, pools: str = "widen",
+                    sensitivity_block: int = 8, eps: float = 0.5, fix: str | None = None, pools: str = "auto",
                     device: str = "cpu", seed: int = 0, model_name: str | None = None,
                     progress: Callable[[str, int, int | None], None] | None = None) -> DeadPixelReport:
     """The dead-pixel test of ``model`` at ``input_size`` (default: the model's configured size, else 224).
@@ -358,8 +365,8 @@ def dead_pixel_test(model: Any, input_size: int | Sequence[int] | None = None, l
     ``weighted``: the gradient ERF under the ``kim`` protocol (the class logit: ``target_class``, else the
     folder's labels, else the predicted class) with the same indices; ``sensitivity``: Kim et al.'s one-pixel
     perturbation on a ``sensitivity_block``-wide block at the map's centre (needs ``weighted``).
-    ``fix="kernel-pad"``: pad the culprits' kernels (:func:`rflens.transforms.kernel_pad`) and run the same
-    test on the fixed model (``after_fix``). ``progress(stage, done, total)`` reports long stages."""
+    ``fix="kernel-pad"``: pad the culprits' kernels (:func:`rflens.transforms.kernel_pad`, ``pools`` as there)
+    and run the same test on the fixed model (``after_fix``). ``progress(stage, done, total)`` reports long stages."""
     from rflens.erf import _tracer, erf
     from rflens.errors import RflensError
 
@@ -374,18 +381,22 @@ def dead_pixel_test(model: Any, input_size: int | Sequence[int] | None = None, l
     source = _source(model, None if inputs in (None, "noise") else inputs, 1, input_size, in_channels, seed)
     size, channels = source.input_size, source.in_channels
     graph = _tracer(model, channels, torch.device(device))(size)
-    if layer != "output" or "output" in graph.module_outputs:
-        graph.module_node(layer)  # a clear error for an unknown layer
+    target_node(graph, layer)  # a clear error for an unknown layer
     name = model_name if model_name is not None else type(model).__name__
     report = DeadPixelReport(name, tuple(size), layer, culprits(graph, layer), structural_test(graph, layer))
     if weighted:
         result = erf(model, layer, inputs=inputs, protocol="kim", n=n, input_size=size, in_channels=channels,
                      device=device, seed=seed, model_name=name, target_class=target_class,
                      progress=None if progress is None else lambda d, t: progress("ERF", d, t))
-        report.erf = MapTest("erf", result.map, dead_pixel_indices(result.map), result.to_dict())
+        try:
+            indices = dead_pixel_indices(result.map)
+        except ValueError as exc:
+            raise RflensError(f"the kim-protocol ERF of {layer!r}: {exc}") from None
+        report.erf = MapTest("erf", result.map, indices, result.to_dict())
         if sensitivity:
             report.sensitivity = positional_sensitivity(
-                model, layer, result, inputs=inputs, n=min(n or 4, 4), target_class=target_class,
+                model, layer, result, inputs=inputs, n=min(n or 4, 4), in_channels=channels,
+                target_class=target_class,
                 block=sensitivity_block, eps=eps, device=device, seed=seed,
                 progress=None if progress is None else lambda d, t: progress("sensitivity", d, t))
     if fix == "kernel-pad":
@@ -401,9 +412,10 @@ def dead_pixel_test(model: Any, input_size: int | Sequence[int] | None = None, l
 
 
 def positional_sensitivity(model: Any, layer: str, result: Any, *, inputs: Any = None, n: int = 4,
-                           target_class: int | None = None, block: int = 8, eps: float = 0.5, device: str = "cpu",
-                           seed: int = 0, progress: Callable[[int, int | None], None] | None = None) -> Sensitivity:
-    """Kim et al. §5.2 on a block of adjacent pixels at the centre of the ERF ``result``'s field: raise one pixel
+                           in_channels: int | None = None, target_class: int | None = None, block: int = 8,
+                           eps: float = 0.5, device: str = "cpu", seed: int = 0,
+                           progress: Callable[[int, int | None], None] | None = None) -> Sensitivity:
+    """Kim et al. §5.2 on a block of adjacent pixels at the ERF ``result``'s centre of mass: raise one pixel
     (all channels) by ``eps``, measure |target change| / eps (the ``kim`` target of ``result``), average over
     ``n`` images, and correlate with the ERF map there."""
     from rflens.erf import perturbation_response
@@ -413,8 +425,8 @@ def positional_sensitivity(model: Any, layer: str, result: Any, *, inputs: Any =
         centre = tuple((s - 1) / 2 for s in result.input_size)
     cells = centred_block(result.input_size, centre, block)
     change, images = perturbation_response(model, layer, cells, inputs=inputs, n=n, input_size=result.input_size,
-                                           target_class=target_class, eps=eps, device=device, seed=seed,
-                                           progress=progress)
+                                           in_channels=in_channels, target_class=target_class, eps=eps,
+                                           device=device, seed=seed, progress=progress)
     values = result.map[tuple(slice(lo, hi) for lo, hi in cells)]
     return Sensitivity(cells, eps, images, change, values, r_squared(change, values))
 

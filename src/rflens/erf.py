@@ -123,7 +123,8 @@ def erf(model: torch.nn.Module, layer: str = "output", *, inputs: Any = None, pr
     (:mod:`rflens.fold`); ``channels_last`` defaults to True for 2-D models; ``batch_size`` defaults to
     :func:`default_batch_size` of the input that runs. ``progress(done, total)`` is called after every batch.
     ``target_class``: differentiate that channel (a classifier's logit) at the unit instead of the protocol's
-    target; a labelled picture folder (one subfolder per class) gives each image its true class.
+    target; with the kim protocol on a classifier's output, a labelled picture folder (one subfolder per class)
+    gives each image its true class.
     The user's model is left as it was (training flags restored, parameters untouched).
     """
     if protocol not in PROTOCOLS:
@@ -156,7 +157,7 @@ def erf(model: torch.nn.Module, layer: str = "output", *, inputs: Any = None, pr
         batch = batch_size if batch_size is not None else default_batch_size(run_size)
     layout = torch.channels_last if (graph.ndim == 2 if channels_last is None else channels_last) and \
         graph.ndim == 2 else torch.contiguous_format
-    aim = Aim(proto, target_class, source.labels)
+    aim = Aim(proto, target_class, _labels(source, proto, node_id is None))
     total, count, bad = _run(runner, layer, calls, aim, source, where, batch, dev, dtype, layout, progress)
     if count == 0:
         raise RflensError(f"all {bad} gradient maps had NaN or inf values; no ERF to report (try dtype float64, "
@@ -393,10 +394,16 @@ class Aim:
             classes = at.detach().argmax(1)
         if classes is None:
             return self.protocol.target(at)
-        if int(classes.max()) >= at.shape[1] or int(classes.min()) < 0:
-            raise RflensError(f"class {int(classes.max())} is out of range: layer {layer!r} has {at.shape[1]} "
-                              "channels")
+        bad = classes[(classes < 0) | (classes >= at.shape[1])]
+        if bad.numel():
+            raise RflensError(f"class {int(bad[0])} is out of range: layer {layer!r} has {at.shape[1]} channels")
         return at.gather(1, classes.to(at.device)[:, None]).squeeze(1)
+
+
+def _labels(source: erf_inputs.InputSource, proto: Protocol, classifier: bool) -> Sequence[int] | None:
+    """A labelled folder's classes, used where Kim et al. use the class: the kim protocol on a classifier's
+    output. Elsewhere the protocol's own target stands (a class index is no channel of an inner layer)."""
+    return source.labels if proto.name == "kim" and classifier else None
 
 
 @contextmanager
@@ -480,7 +487,7 @@ def perturbation_response(model: torch.nn.Module, layer: str, block: Sequence[tu
     pixels = list(np.ndindex(*[hi - lo for lo, hi in block]))
     change = np.zeros(len(pixels))
     images = 0
-    aim = Aim(proto, target_class, source.labels)
+    aim = Aim(proto, target_class, _labels(source, proto, node_id is None))
     with torch.no_grad(), truncated(model, layer, calls, device, torch.float32) as forward:
         for batch in source.batches(1):
             x = batch.to(device=device, dtype=torch.float32)

@@ -72,13 +72,14 @@ def summary(report: DeadPixelReport) -> str:
     if report.sensitivity is not None:
         s = report.sensitivity
         r2 = "-" if s.r2 is None else f"{s.r2:.2f}"
-        lines.append(f"positional sensitivity (eps {s.eps:g}, {s.images} images, block "
+        lines.append(f"positional sensitivity (eps {s.eps:g}, {s.images} images, block at the ERF's centre of mass, "
                      f"{' x '.join(str(hi - lo) for lo, hi in s.block)}): R^2 with the ERF map {r2}")
     if report.after_fix is not None:
         fix = report.fix
         after = report.after_fix.structural.indices
         ratio = ix.l1 / after.l1 if after.l1 > 0 else float("inf")
-        lines.append(f"after kernel padding: L1 {after.l1:.3g} ({ratio:.1f}x lower), "
+        change = f"{ratio:.1f}x lower" if ratio >= 1 else f"{1 / ratio:.1f}x higher"
+        lines.append(f"after kernel padding: L1 {after.l1:.3g} ({change}), "
                      + (f"period {after.period} px" if after.period else "no checkerboard")
                      + f", {len(report.after_fix.culprits)} culprit(s) left; output change "
                      f"{fix.max_abs_output_change:.3g} (output scale {fix.output_scale:.3g}"

@@ -496,11 +496,17 @@ def erf_depth_figure(results: Sequence[ERF]) -> Figure:
     return fig
 
 
-__all__ = ["STATUS_COLORS", "axis_names", "border_figure", "erf_depth_figure", "erf_figure", "square_sides"]
+__all__ = ["STATUS_COLORS", "axis_names", "border_figure", "deadpixel_figure", "erf_depth_figure", "erf_figure",
+           "square_sides"]
 
 
 def _mean_one(m: np.ndarray) -> np.ndarray:
-    return m / m.mean() if m.any() else m
+    """Scaled like the dead-pixel indices: mean 1 over the bounding box of the nonzero values."""
+    if not m.any():
+        return m
+    nonzero = np.argwhere(m > 0)
+    box = m[tuple(slice(lo, hi + 1) for lo, hi in zip(nonzero.min(0), nonzero.max(0), strict=True))]
+    return m / box.mean()
 
 
 def _centre_slices(m: np.ndarray) -> np.ndarray:
