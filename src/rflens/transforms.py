@@ -313,7 +313,7 @@ def _culprit_edit(model: nn.Module, graph: Any, culprit: Any, pools: str) -> tup
 
 def kernel_pad(model: nn.Module, input_size: int | Sequence[int], *, in_channels: int | None = None,
                pools: str = "auto", device: str = "cpu", layer: str = "output", model_name: str | None = None,
-               check_images: int = 2) -> KernelPadding:
+               check_images: int = 1) -> KernelPadding:
     """Kernel padding (Kim et al., PRL 2023): every convolution whose kernel is not a multiple of its stride
     gets zero taps up to the next multiple (7->8, 3->4, 1->2 at stride 2), which keeps its function. A pooling
     cannot do that: ``pools="widen"`` gives it the wider window (Kim et al.'s 4x4 max-pool, which changes the
