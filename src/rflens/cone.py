@@ -20,7 +20,7 @@ import numpy as np
 
 from rflens.errors import RflensError
 from rflens.geometry import Resample
-from rflens.graph import Graph
+from rflens.graph import Graph, ancestors
 from rflens.resize import resized
 from rflens.rf import AxisField, cached_taps, propagate
 
@@ -64,7 +64,7 @@ def plan(graph: Graph, node_id: int, unit: tuple[int, ...], fields: list[tuple[A
     if any(f.is_global or not f.parts for f in own):
         return full("a global op (spatial mean, attention, normalisation over the map...) makes the unit depend "
                     "on the whole input")
-    cone = _ancestors(graph, node_id)
+    cone = sorted(ancestors(graph, node_id))
     align = []
     for axis in range(graph.ndim):
         strides = [fields[v][axis].stride for v in cone]
@@ -159,14 +159,3 @@ def _offset(start: int, f: AxisField) -> int:
         raise AssertionError(f"crop start {start} is not aligned to stride {f.stride}")
     return int(shift)
 
-
-def _ancestors(graph: Graph, node_id: int) -> list[int]:
-    """The node and every node it reads from, directly or not."""
-    seen = {node_id}
-    todo = [node_id]
-    while todo:
-        for src in graph.nodes[todo.pop()].inputs:
-            if src not in seen:
-                seen.add(src)
-                todo.append(src)
-    return sorted(seen)

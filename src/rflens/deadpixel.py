@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from rflens.geometry import Transposed, Window
-from rflens.graph import Graph
+from rflens.graph import Graph, ancestors
 
 WINDOW_OPS = ("convolution", "max_pool", "avg_pool")
 DEAD_FRACTION = 0.5  # a pixel below half the median of its neighbourhood is (partially) dead
@@ -96,18 +96,6 @@ def _axis_coverage(counts: Sequence[int]) -> str:
     never = [str(i) for i, c in enumerate(counts) if c == 0]
     text = " vs ".join(map(str, counts)) + f" (positions mod {s})"
     return text + (f": positions {', '.join(never)} (mod {s}) never read" if never else "")
-
-
-def ancestors(graph: Graph, node_id: int) -> set[int]:
-    """Every node whose output reaches node ``node_id`` (itself included)."""
-    seen = {node_id}
-    stack = [node_id]
-    while stack:
-        for src in graph.nodes[stack.pop()].inputs:
-            if src not in seen:
-                seen.add(src)
-                stack.append(src)
-    return seen
 
 
 def target_node(graph: Graph, layer: str = "output") -> int:

@@ -92,6 +92,18 @@ class Graph:
             raise KeyError(f"no module named {name!r} with a spatial output (e.g. {known})") from None
 
 
+def ancestors(graph: Graph, node_id: int) -> set[int]:
+    """Node ``node_id`` and every node whose output reaches it, directly or not."""
+    seen = {node_id}
+    todo = [node_id]
+    while todo:
+        for src in graph.nodes[todo.pop()].inputs:
+            if src not in seen:
+                seen.add(src)
+                todo.append(src)
+    return seen
+
+
 def check_unit(node: Node, unit: Sequence[int]) -> tuple[int, ...]:
     """``unit`` as a tuple, or an IndexError when it is not a unit of ``node``'s output."""
     unit = tuple(int(u) for u in unit)
