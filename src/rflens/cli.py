@@ -40,6 +40,20 @@ def _add_model_args(p: argparse.ArgumentParser, device: str = "meta",
     p.add_argument("--device", default=device, help=device_help)
 
 
+def _add_image_args(p: argparse.ArgumentParser, inputs_help: str) -> None:
+    """The images of a gradient analysis: noise or a folder, how many, and the noise seed."""
+    p.add_argument("--inputs", default="noise", metavar="noise|DIR", help=inputs_help)
+    p.add_argument("--n", type=_positive, default=None,
+                   help="images to average (default 50 noise images, or every picture of the folder)")
+    p.add_argument("--noise-seed", type=int, default=0, help="seed of the noise images (default 0)")
+
+
+def _add_pools_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pools", choices=["auto", "widen", "keep"], default="auto",
+                   help="poolings under kernel padding: widen only if a checkerboard survives (auto, default), "
+                        "always (Kim et al.'s 4x4 max-pool; changes the function) or never")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rflens", description="What your convolutional network can actually see.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -87,15 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--protocol", choices=["replknet", "kim", "luo", "structural"], default="replknet",
                    help="target and map as in the paper the protocol is named after (default replknet); "
                         "structural: path counts from the graph alone (no weights, no images)")
-    e.add_argument("--inputs", default="noise", metavar="noise|DIR",
-                   help="seeded Gaussian noise (default) or a folder of pictures")
-    e.add_argument("--n", type=_positive, default=None,
-                   help="images to average (default 50 noise images, or every picture of the folder)")
+    _add_image_args(e, "seeded Gaussian noise (default) or a folder of pictures")
     e.add_argument("--batch-size", type=_positive, default=None,
                    help="images per forward/backward (default: about six 224x224 images' worth of pixels)")
     e.add_argument("--unit", type=_unit, default=None, metavar="I,J",
                    help="the unit of the layer's output (default: the centre, n // 2 per axis)")
-    e.add_argument("--noise-seed", type=int, default=0, help="seed of the noise images (default 0)")
     e.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="compute precision")
     e.add_argument("--no-crop", action="store_true", help="always run the full input (no cone cropping)")
     e.add_argument("--no-fold", action="store_true", help="keep batch norms (do not fold them into convolutions)")
@@ -122,20 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--weighted", action="store_true",
                    help="also test the gradient ERF (kim protocol); on by default with --weights, --inputs DIR, "
                         "--class or --sensitivity")
-    d.add_argument("--inputs", default="noise", metavar="noise|DIR",
-                   help="images for the weighted test: seeded noise (default) or a folder (class folders = labels)")
-    d.add_argument("--n", type=_positive, default=None, help="images to average (default 50 noise images)")
+    _add_image_args(d, "images for the weighted test: seeded noise (default) or a folder (class folders = labels)")
     d.add_argument("--class", dest="target_class", type=int, default=None, metavar="K",
                    help="differentiate class K (default: the folder's labels, else the predicted class)")
-    d.add_argument("--noise-seed", type=int, default=0, help="seed of the noise images (default 0)")
     d.add_argument("--sensitivity", action="store_true",
                    help="Kim et al.'s one-pixel perturbation on a block at the centre, correlated with the ERF")
     d.add_argument("--block", type=_positive, default=8, help="side of the perturbed block in pixels (default 8)")
     d.add_argument("--eps", type=float, default=0.5, help="perturbation of one pixel (default 0.5)")
     d.add_argument("--fix", choices=["kernel-pad"], default=None, help="apply the fix and test again")
-    d.add_argument("--pools", choices=["auto", "widen", "keep"], default="auto",
-                   help="poolings under kernel padding: widen only if a checkerboard survives (auto, default), "
-                        "always (Kim et al.'s 4x4 max-pool; changes the function) or never")
+    _add_pools_arg(d)
     d.add_argument("--plot", type=Path, default=None, help="write the maps side by side (PNG)")
     d.add_argument("--json", action="store_true", help="print JSON instead of tables")
     d.add_argument("--out", type=Path, default=None, help="also write the JSON document to this file")
@@ -151,8 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "rebuilds it.")
     _add_model_args(k, device="cpu", device_help="where the fixed model is checked against the original")
     k.add_argument("--layer", default="output", help="fix the layers feeding this module (default: the output)")
-    k.add_argument("--pools", choices=["auto", "widen", "keep"], default="auto",
-                   help="poolings: widen only if a checkerboard survives (auto, default), always, or never")
+    _add_pools_arg(k)
     k.add_argument("--out", type=Path, required=True, help="folder for recipe.json and model.safetensors")
     k.add_argument("--json", action="store_true", help="print JSON instead of tables")
     k.set_defaults(run=_run_fix_kernel_pad)
@@ -201,13 +205,9 @@ def _version() -> str:
 def _run_rf(args: argparse.Namespace, console: Console) -> int:
     from rflens.report.table import rf_table
     from rflens.rf import receptive_field
-    from rflens.sources import describe, load_model, parse_model_args
+    from rflens.sources import describe
 
-    with console.status(f"building {args.model}", spinner="dots"):
-        model = load_model(args.model, model_args=parse_model_args(args.model_arg), weights=args.weights,
-                           seed=args.seed)
-    if args.device != "meta":
-        model = _to_device(model, args.device)
+    model = _load(args, console)
     result = receptive_field(model, args.input_size, in_channels=args.in_channels, device=args.device,
                              model_name=describe(args.model))
     layers = result.layers
@@ -231,16 +231,12 @@ def _run_border(args: argparse.Namespace, console: Console) -> int:
     from rflens.border import border_report, classify
     from rflens.capture import capture
     from rflens.report.border import layer_table, suggestion_table, summary, sweep_table
-    from rflens.sources import describe, load_model, parse_model_args
+    from rflens.sources import describe
     from rflens.transforms import refine
 
     if args.apply is not None and args.out is None:
         raise RflensError("--apply N writes a recipe: give the file with --out")
-    with console.status(f"building {args.model}", spinner="dots"):
-        model = load_model(args.model, model_args=parse_model_args(args.model_arg), weights=args.weights,
-                           seed=args.seed)
-    if args.device != "meta":
-        model = _to_device(model, args.device)
+    model = _load(args, console)
     with console.status("analysing", spinner="dots"):
         report = border_report(model, args.input_size, in_channels=args.in_channels, device=args.device,
                         model_name=describe(args.model), top=max(args.top, args.apply or 0))
@@ -301,15 +297,12 @@ def _run_erf(args: argparse.Namespace, console: Console) -> int:
 
     from rflens.erf import erf, structural
     from rflens.report.erf import erf_summary, erf_table
-    from rflens.sources import describe, load_model, parse_model_args
+    from rflens.sources import describe
 
     layers = args.layers or [args.layer]
     if args.layers and args.unit is not None:
         raise RflensError("--unit applies to one layer; with --layers every layer uses its centre unit")
-    with console.status(f"building {args.model}", spinner="dots"):
-        model = load_model(args.model, model_args=parse_model_args(args.model_arg), weights=args.weights,
-                           seed=args.seed)
-    model = _to_device(model, args.device)
+    model = _load(args, console)
     results = []
     errors = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -356,12 +349,14 @@ def _run_erf(args: argparse.Namespace, console: Console) -> int:
 
 
 def _load(args: argparse.Namespace, console: Console):
+    """The model of the command line (built, weights loaded), on ``--device`` (left where it is for meta:
+    the capture moves it)."""
     from rflens.sources import load_model, parse_model_args
 
     with console.status(f"building {args.model}", spinner="dots"):
         model = load_model(args.model, model_args=parse_model_args(args.model_arg), weights=args.weights,
                            seed=args.seed)
-    return _to_device(model, args.device)
+    return model if args.device == "meta" else _to_device(model, args.device)
 
 
 def _run_deadpixel(args: argparse.Namespace, console: Console) -> int:
@@ -410,19 +405,16 @@ def _run_deadpixel(args: argparse.Namespace, console: Console) -> int:
 def _run_fix_kernel_pad(args: argparse.Namespace, console: Console) -> int:
     from safetensors.torch import save_model
 
-    from rflens.capture import capture
-    from rflens.deadpixel import structural_test
+    from rflens.deadpixel import dead_pixel_test
     from rflens.report.deadpixel import changes_table
     from rflens.sources import describe
-    from rflens.transforms import kernel_pad
 
     model = _load(args, console)
     with console.status("padding kernels and checking the result", spinner="dots"):
-        padded = kernel_pad(model, args.input_size, in_channels=args.in_channels, pools=args.pools,
-                            device=args.device, layer=args.layer, model_name=describe(args.model))
-        size = padded.recipe["input_size"]
-        before = structural_test(capture(model, size, in_channels=args.in_channels), args.layer).indices
-        after = structural_test(capture(padded.model, size, in_channels=args.in_channels), args.layer).indices
+        report = dead_pixel_test(model, args.input_size, args.layer, in_channels=args.in_channels, fix="kernel-pad",
+                                 pools=args.pools, device=args.device, model_name=describe(args.model))
+    padded = report.fix
+    before, after = report.structural.indices, report.after_fix.structural.indices
     args.out.mkdir(parents=True, exist_ok=True)
     recipe_file, weights_file = args.out / "recipe.json", args.out / "model.safetensors"
     recipe_file.write_text(json.dumps(padded.recipe, indent=2) + "\n")

@@ -178,16 +178,22 @@ def _region(m: np.ndarray) -> tuple[tuple[int, int], ...]:
     return tuple((int(lo), int(hi) + 1) for lo, hi in zip(nonzero.min(0), nonzero.max(0), strict=True))
 
 
-def normalised_region(erf_map: np.ndarray) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
-    """The map on the bounding box of its nonzero values, scaled to mean 1 there."""
+def scaled_to_field(erf_map: np.ndarray) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
+    """The whole map scaled so that its mean over the bounding box of its nonzero values is 1, and that box:
+    the scale of every index and picture of the test."""
     m = np.asarray(erf_map, dtype=np.float64)
     if not np.isfinite(m).all():
         raise ValueError("the map has NaN or inf values")
     if (m < 0).any():
         raise ValueError("dead-pixel indices need a non-negative map (a count or a ReLU'd gradient)")
     region = _region(m)
-    box = m[tuple(slice(lo, hi) for lo, hi in region)]
-    return box / box.mean(), region
+    return m / m[tuple(slice(lo, hi) for lo, hi in region)].mean(), region
+
+
+def normalised_region(erf_map: np.ndarray) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
+    """The map on the bounding box of its nonzero values, scaled to mean 1 there."""
+    scaled, region = scaled_to_field(erf_map)
+    return scaled[tuple(slice(lo, hi) for lo, hi in region)], region
 
 
 def _differences(m: np.ndarray, order: int) -> float:
@@ -220,13 +226,17 @@ def dead_pixel_mask(erf_map: np.ndarray, dead_fraction: float = DEAD_FRACTION,
                     neighbourhood: int = NEIGHBOURHOOD) -> np.ndarray:
     """Boolean mask (the map's shape): pixels inside the map's field whose value is below ``dead_fraction``
     times the median of their ``neighbourhood``-wide neighbourhood (borders repeat the edge pixel)."""
+    box, region = normalised_region(erf_map)
+    mask = np.zeros(np.shape(erf_map), dtype=bool)
+    mask[tuple(slice(lo, hi) for lo, hi in region)] = _dead_in(box, dead_fraction, neighbourhood)
+    return mask
+
+
+def _dead_in(box: np.ndarray, dead_fraction: float, neighbourhood: int) -> np.ndarray:
     from scipy import ndimage
 
-    box, region = normalised_region(erf_map)
     median = ndimage.median_filter(box, size=neighbourhood, mode="nearest")
-    mask = np.zeros(np.shape(erf_map), dtype=bool)
-    mask[tuple(slice(lo, hi) for lo, hi in region)] = (box < dead_fraction * median) & (median > 0)
-    return mask
+    return (box < dead_fraction * median) & (median > 0)
 
 
 def dead_pixel_indices(erf_map: np.ndarray, *, dead_fraction: float = DEAD_FRACTION,
@@ -246,7 +256,7 @@ def dead_pixel_indices(erf_map: np.ndarray, *, dead_fraction: float = DEAD_FRACT
     if period is not None:
         local = ndimage.uniform_filter(box, size=[p or 1 for p in periods], mode="nearest")
         strength = float(np.sqrt(np.mean((box / np.where(local > 0, local, 1.0) - 1.0) ** 2)))
-    dead = dead_pixel_mask(erf_map, dead_fraction, neighbourhood)
+    dead = _dead_in(box, dead_fraction, neighbourhood)
     return DeadPixelIndices(_differences(box, 1), _differences(box, 2), period, periods, strength,
                             float(dead.sum() / box.size), int(dead.sum()), region)
 

@@ -325,36 +325,36 @@ def kernel_pad(model: nn.Module, input_size: int | Sequence[int], *, in_channels
     The change verifies itself: the padded model is traced again (same output shapes everywhere, no culprit
     left among the changed layers) and run next to the original on ``check_images`` seeded random inputs; when
     every change is exact (no widened pooling) the outputs must agree to float rounding, else it raises."""
+    from rflens.capture import capture as trace
+    from rflens.capture import input_layout
     from rflens.deadpixel import culprits as find_culprits
     from rflens.deadpixel import structural_test
     from rflens.erf import _tracer  # meta capture, or the run device for models whose forward needs real data
 
     if pools not in ("auto", "widen", "keep"):
         raise RflensError(f"pools must be 'auto', 'widen' or 'keep', got {pools!r}")
+    channels = in_channels if in_channels is not None else (input_layout(model) or (None, None))[1]
+    if channels is None:
+        trace(model, input_size)  # raises its clear error: the input channels cannot be told
 
-    def capture(net: nn.Module, size: Any, in_channels: int | None) -> Any:
-        from rflens.capture import capture as trace
-        from rflens.capture import input_layout
+    def capture(net: nn.Module) -> Any:
+        """``net`` at the input size (the fixed model has the original's input layout)."""
+        return _tracer(net, channels, torch.device(device))(input_size)
 
-        channels = in_channels if in_channels is not None else (input_layout(net) or (None, None))[1]
-        if channels is None:
-            return trace(net, size, in_channels=in_channels)  # its clear error
-        return _tracer(net, channels, torch.device(device))(size)
-
-    graph = capture(model, input_size, in_channels)
+    graph = capture(model)
     found = find_culprits(graph, layer)
     edits, changes, refused = kernel_padding_edits(model, graph, found, "widen" if pools == "widen" else "keep")
     if pools == "auto":  # the exact fix first; widen poolings only if a checkerboard survives it
         pools = "keep"
         if any(why == KEPT_POOL for _, why in refused):
-            trial = capture(apply_recipe(model, {"edits": edits}), input_size, in_channels)
+            trial = capture(apply_recipe(model, {"edits": edits}))
             if structural_test(trial, layer).indices.checkerboard:
                 pools = "widen"
                 edits, changes, refused = kernel_padding_edits(model, graph, found, pools)
     recipe = {"rflens_recipe": 1, "fix": "kernel-pad", "model": model_name or type(model).__name__,
               "input_size": list(graph.input_size), "pools": pools, "edits": edits}
     fixed = apply_recipe(model, recipe)
-    after = capture(fixed, input_size, in_channels)
+    after = capture(fixed)
     before_shapes = {m: graph.nodes[i].shape for m, i in graph.module_outputs.items()}
     after_shapes = {m: after.nodes[i].shape for m, i in after.module_outputs.items()}
     if before_shapes != after_shapes:

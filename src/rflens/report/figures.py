@@ -500,15 +500,6 @@ __all__ = ["STATUS_COLORS", "axis_names", "border_figure", "deadpixel_figure", "
            "square_sides"]
 
 
-def _mean_one(m: np.ndarray) -> np.ndarray:
-    """Scaled like the dead-pixel indices: mean 1 over the bounding box of the nonzero values."""
-    if not m.any():
-        return m
-    nonzero = np.argwhere(m > 0)
-    box = m[tuple(slice(lo, hi + 1) for lo, hi in zip(nonzero.min(0), nonzero.max(0), strict=True))]
-    return m / box.mean()
-
-
 def _centre_slices(m: np.ndarray) -> np.ndarray:
     """A 2-D view of an n-D map: the middle slice of every leading axis beyond the last two."""
     while m.ndim > 2:
@@ -519,6 +510,8 @@ def _centre_slices(m: np.ndarray) -> np.ndarray:
 def deadpixel_figure(report: Any, zoom: int = 32) -> Figure:
     """Kim et al.'s picture: each map of a dead-pixel test (structural, ERF; before and after kernel padding)
     normalised to mean 1, full and as a ``zoom``-pixel crop at its centre where the checkerboard shows."""
+    from rflens.deadpixel import scaled_to_field
+
     panels = [("structural", report.structural)]
     if report.erf is not None:
         panels.append(("ERF (kim)", report.erf))
@@ -530,7 +523,7 @@ def deadpixel_figure(report: Any, zoom: int = 32) -> Figure:
     fig = Figure(figsize=(3.2 * len(panels), 6.4 if ndim >= 2 else 2.8), layout="constrained")
     axes = fig.subplots(2 if ndim >= 2 else 1, len(panels), squeeze=False)
     for col, (title, test) in enumerate(panels):
-        m = _centre_slices(_mean_one(np.asarray(test.map, dtype=np.float64)))
+        m = _centre_slices(scaled_to_field(test.map)[0])  # the scale of the indices
         ix = test.indices
         label = f"{title}\nL1 {ix.l1:.3g}, " + (f"period {ix.period} px" if ix.period else "no checkerboard")
         if m.ndim == 1:
