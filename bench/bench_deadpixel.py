@@ -17,25 +17,12 @@ Each side runs ``--repeat`` times after a warm-up; medians. Random init, no down
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 from functools import partial
 
-from common import build, machine
+from common import build, machine, median_time
 
 from rflens.deadpixel import dead_pixel_test
 from rflens.transforms import kernel_pad
-
-
-def median_time(fn: Callable[[], object], repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
+import time
 import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -31,3 +34,14 @@ def machine() -> str:
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
     return (f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB{gpu}, "
             f"{torch.get_num_threads()} threads, torch {torch.__version__}{tv}, rflens {rflens.__version__}")
+
+
+def median_time(fn: Callable[[], object], repeat: int) -> float:
+    """Median seconds of ``repeat`` calls of ``fn`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

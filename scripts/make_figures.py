@@ -13,6 +13,7 @@ import torchvision
 from rflens.border import border_report
 from rflens.deadpixel import dead_pixel_test
 from rflens.erf import erf
+from rflens.padding import padding_report
 from rflens.report.figures import erf_depth_figure
 from rflens.sources import load_model
 
@@ -20,10 +21,11 @@ IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 
 
 def main(only: str | None = None) -> None:
-    """Every figure, or only the one named (``deadpixel``)."""
+    """Every figure, or only the one named (``deadpixel``, ``padding``: seconds each)."""
     IMG.mkdir(parents=True, exist_ok=True)
-    if only == "deadpixel":  # the dead-pixel figure alone (seconds)
-        deadpixel_figure()
+    alone = {"deadpixel": deadpixel_figure, "padding": padding_figure}
+    if only is not None:
+        alone[only]()
         return
     report = border_report(torchvision.models.vgg19(weights=None), 224, model_name="torchvision:vgg19")
     path = IMG / "border_vgg19.png"
@@ -42,6 +44,14 @@ def main(only: str | None = None) -> None:
         path, dpi=120, bbox_inches="tight")
     print(f"wrote {path}")
     deadpixel_figure()
+    padding_figure()
+
+
+def padding_figure() -> None:
+    name = "torchvision:resnet50"
+    path = IMG / "padding_resnet50.png"
+    padding_report(load_model(name), 224, model_name=name).plot(path)
+    print(f"wrote {path}")
 
 
 def deadpixel_figure() -> None:

@@ -182,12 +182,39 @@ def test_resized_graph_equals_a_new_capture(build):
         assert mismatch(resized(graph, (n, n)), capture(model, n)) is None
 
 
-def test_size_dependent_padding_is_detected_and_traced_again():
+def test_tf_same_padding_follows_the_input_size_without_tracing_again():
+    from rflens.resize import mismatch, resized
+
     timm = pytest.importorskip("timm")
     model = timm.create_model("tf_efficientnet_b0")
-    res = Resolutions(capture(model, 224), lambda s: capture(model, s))
-    assert res.retrace_reason is not None and "conv_stem" in res.retrace_reason
+    graph = capture(model, 224)
+    assert "conv_stem" in graph.same_padding and graph.same_padding == graph.size_read_modules
+    res = Resolutions(graph, lambda s: capture(model, s))
+    assert res.resizable, res.retrace_reason
+    for n in (97, 200, 225, 231, 257):
+        assert mismatch(resized(graph, (n, n)), capture(model, n)) is None
     assert res.at((225, 225)).unproductive == names(classify(capture(model, 225)), "unproductive")
+
+
+class _PadsOneRow(nn.Module):
+    """Reads the size, then pads (0, 1) whatever it is: TF-"same" at 224 for k3 s2, not at 225."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, 2)
+
+    def forward(self, x):
+        if x.shape[-1] > 0:
+            x = F.pad(x, (0, 1, 0, 1))
+        return self.conv(x)
+
+
+def test_size_reads_that_only_look_like_same_padding_are_traced_again():
+    model = nn.Sequential(_PadsOneRow(), nn.Conv2d(4, 4, 3, padding=1))
+    res = Resolutions(capture(model, 224), lambda s: capture(model, s))
+    assert not res.resizable and "constant_pad_nd" in res.retrace_reason
+    assert [x.input_size for x in res.at((225, 225)).layers] == \
+        [x.input_size for x in classify(capture(model, 225))]
 
 
 @settings(max_examples=40, **SETTINGS)

@@ -22,7 +22,7 @@ __all__ = [
     "MetaDeviceError", "ModelSourceError", "NotResizableError", "ReceptiveFields", "RefineError", "Resolutions",
     "ERF", "PathMap", "RflensError", "UnsupportedOpError", "WeightsError", "apply_recipe", "border_report",
     "culprits", "dead_pixel_test", "erf", "kernel_pad", "path_counts", "receptive_field", "refine", "structural",
-    "structural_map",
+    "structural_map", "PaddingReport", "padding_report", "padding_mode_fix", "mean_activation", "blind_spot_probe",
 ]
 
 
@@ -32,7 +32,7 @@ def __getattr__(name: str):  # torch is imported only when a model is changed or
 
         module = importlib.import_module("rflens.erf")
         return module if name == "erf" else getattr(module, name)
-    if name in ("refine", "apply_recipe", "kernel_pad"):
+    if name in ("refine", "apply_recipe", "kernel_pad", "padding_mode_fix"):
         from rflens import transforms
 
         return getattr(transforms, name)
@@ -40,6 +40,14 @@ def __getattr__(name: str):  # torch is imported only when a model is changed or
         from rflens import deadpixel
 
         return getattr(deadpixel, name)
+    if name in ("PaddingReport", "padding_report"):
+        from rflens import padding
+
+        return getattr(padding, name)
+    if name in ("mean_activation", "blind_spot_probe"):
+        from rflens import spatialbias
+
+        return getattr(spatialbias, name)
     if name in ("PathMap", "path_counts", "structural_map"):
         from rflens import pathcount
 

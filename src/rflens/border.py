@@ -214,8 +214,10 @@ class Resolutions:
         """Why the graph cannot be carried to other sizes, or None. The size rules must reproduce the captured
         sizes (a slice to a fixed end or a spatial concatenation would not), and a prediction must match a real
         capture at two other sizes where the model runs (TF-"same" padding would not)."""
-        if self.graph.size_reads:
-            return (f"the model's Python code reads the size of a feature map in {self.graph.size_reads[0]}; what "
+        unexplained = [where for module, where in zip(self.graph.size_read_modules, self.graph.size_reads,
+                                                      strict=True) if module not in self.graph.same_padding]
+        if unexplained:
+            return (f"the model's Python code reads the size of a feature map in {unexplained[0]}; what "
                     "it computes from it may change the graph with the input size")
         try:
             problem = mismatch(resized(self.graph, self.graph.input_size), self.graph)

@@ -32,6 +32,7 @@ from rflens.errors import (
     UnsupportedOpError,
 )
 from rflens.graph import IDENTITY_READ, AxisRead, Graph, Work
+from rflens.resize import mark_same_padding
 from rflens.rules import RULES, State, _op_name, not_spatial, pad_rule, pointwise, write_through
 
 aten = torch.ops.aten
@@ -86,9 +87,15 @@ class _Recorder(TorchDispatchMode):
             for o in pytree.tree_leaves(out):
                 if isinstance(o, torch.Tensor):
                     self.shaped[o] = True
-        elif not self.graph.size_reads:
-            self.graph.size_reads.append(f"aten.{_op_name(func)} on a tensor shaped like a feature map in module "
-                                         f"'{self.module}' (its values may depend on the position)")
+        else:
+            self.size_read(f"aten.{_op_name(func)} on a tensor shaped like a feature map in module '{self.module}' "
+                           "(its values may depend on the position)")
+
+    def size_read(self, where: str) -> None:
+        """Record that the model's code read the size of a map here (once per module)."""
+        if self.module not in self.graph.size_read_modules:
+            self.graph.size_read_modules.append(self.module)
+            self.graph.size_reads.append(where)
 
     def unsupported(self, func: Any, detail: str) -> UnsupportedOpError:
         return UnsupportedOpError(f"aten.{_op_name(func)}", self.module, detail)
@@ -237,7 +244,7 @@ class _PythonLevel(TorchFunctionMode):
     def _size_read(self, func: Any, args: tuple) -> None:
         rec = self.recorder
         st = rec.state(args[0]) if args else None
-        if st is None or rec.graph.size_reads:
+        if st is None or rec.module in rec.graph.size_read_modules:
             return
         dims = st.dims
         if func is torch.Tensor.size and len(args) > 1 and isinstance(args[1], int):
@@ -245,7 +252,7 @@ class _PythonLevel(TorchFunctionMode):
         if any(D.axes_of(d) for d in dims):
             caller = sys._getframe(2)
             where = f"module '{rec.module}'" if rec.module else "the top-level forward"
-            rec.graph.size_reads.append(f"{where} ({Path(caller.f_code.co_filename).name}:{caller.f_lineno})")
+            rec.size_read(f"{where} ({Path(caller.f_code.co_filename).name}:{caller.f_lineno})")
 
 
 _TOO_SMALL = ("too small", "non-positive", "greater than actual input", "should be less than", "must be less than",
@@ -399,4 +406,5 @@ def capture(model: torch.nn.Module, input_size: int | Sequence[int], *, in_chann
             m.training = flag
     if len(graph.nodes) == 1 and not graph.module_outputs:
         raise CaptureError("the model's output does not depend on its input")
+    mark_same_padding(graph)
     return graph

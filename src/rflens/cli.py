@@ -146,6 +146,32 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path, default=None, help="also write the JSON document to this file")
     d.set_defaults(run=_run_deadpixel)
 
+    pa = sub.add_parser("padding", help="uneven padding, even input sizes, foveation and spatial bias (Mind the Pad)",
+                        description="Window layers whose effective padding differs between the two sides at this "
+                                    "input size (TF-'same' asymmetry, right/bottom padding unused, rows never "
+                                    "read), the input sizes with no such layer, and the foveation maps (paths from "
+                                    "each input pixel to the whole output) under the model's own padding and with "
+                                    "zeros/reflect/replicate/circular/partial padding. With --spatial-bias or "
+                                    "--probe, the running network's mean activations and blind-spot probe (mean "
+                                    "much only with trained --weights). Alsallakh et al., ICLR 2021.")
+    _add_model_args(pa)
+    pa.add_argument("--range", dest="size_range", type=_parse_sweep, default=None, metavar="A:B",
+                    help="input sizes searched for even ones (default 32:1024; 64 sizes around --input-size when "
+                         "the model must be traced at each size)")
+    pa.add_argument("--modes", type=_names, default=None, metavar="M,M",
+                    help="foveation maps: model,zeros,reflect,replicate,circular,partial (default all)")
+    pa.add_argument("--layer", default="output", help="foveation of this module's units (default: the output)")
+    pa.add_argument("--spatial-bias", type=_names, default=None, metavar="LAYER,LAYER",
+                    help="mean activation per location at these layers ('output' for the model's output)")
+    _add_image_args(pa, "images for --spatial-bias: seeded noise (default) or a folder of pictures")
+    pa.add_argument("--probe", action="store_true", help="sweep a small stimulus over the input (blind-spot probe)")
+    pa.add_argument("--stimulus", type=_positive, default=8, help="side of the probe's stimulus (default 8 px)")
+    pa.add_argument("--plot", type=Path, default=None,
+                    help="write the foveation figure (PNG); spatial-bias maps go next to it as NAME_spatialbias.png")
+    pa.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    pa.add_argument("--out", type=Path, default=None, help="also write the JSON document to this file")
+    pa.set_defaults(run=_run_padding)
+
     f = sub.add_parser("fix", help="apply a fix and write it as a recipe plus weights")
     fixes = f.add_subparsers(dest="fix", required=True)
     k = fixes.add_parser("kernel-pad", help="pad odd strided kernels to a multiple of the stride (Kim et al.)",
@@ -160,6 +186,19 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--out", type=Path, required=True, help="folder for recipe.json and model.safetensors")
     k.add_argument("--json", action="store_true", help="print JSON instead of tables")
     k.set_defaults(run=_run_fix_kernel_pad)
+    pm = fixes.add_parser("padding-mode", help="pad convolutions by reflection, replication or wrapping "
+                                               "(Alsallakh et al.)",
+                          description="Sets padding_mode on every padded convolution (layers that pad in their own "
+                                      "forward code, transposed convolutions and maps too small for the mode are "
+                                      "skipped and listed), checks the traced result, audits the fixed model and "
+                                      "writes recipe.json and model.safetensors to --out. It changes the function: "
+                                      "fine-tune the model. The nearest input size without uneven layers is "
+                                      "suggested alongside.")
+    pm.add_argument("mode", choices=["reflect", "replicate", "circular", "zeros"], help="the new padding mode")
+    _add_model_args(pm)
+    pm.add_argument("--out", type=Path, required=True, help="folder for recipe.json and model.safetensors")
+    pm.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    pm.set_defaults(run=_run_fix_padding_mode)
     return parser
 
 
@@ -428,6 +467,117 @@ def _run_fix_kernel_pad(args: argparse.Namespace, console: Console) -> int:
     console.print(f"structural L1 {before.l1:.3g} -> {after.l1:.3g}; checkerboard period "
                   f"{before.period or 'none'} -> {after.period or 'none'}; output change "
                   f"{padded.max_abs_output_change:.3g} (output scale {padded.output_scale:.3g})")
+    console.print(f"wrote {recipe_file} and {weights_file}: rflens.apply_recipe(model, recipe, weights=...) "
+                  "rebuilds the fixed model")
+    return 0
+
+
+def _progress_bar(console: Console):
+    """A rich progress bar on stderr (shown on a terminal only) and a callback ``progress(stage, done, total)``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=console, transient=True, disable=not console.is_terminal)
+    tasks: dict[str, int] = {}
+
+    def progress(stage: str, done: int, total: int | None) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    return bar, progress
+
+
+def _run_padding(args: argparse.Namespace, console: Console) -> int:
+    from rflens.padding import WHAT_IF_MODES, padding_report
+    from rflens.report.padding import foveation_table, spatial_bias_table, summary, uneven_table
+    from rflens.sources import describe
+
+    modes = args.modes or ["model", *WHAT_IF_MODES]
+    model = _load(args, console)
+    bar, progress = _progress_bar(Console(stderr=True))
+    size_range = (args.size_range.start, args.size_range.stop - 1) if args.size_range else None
+    with bar:
+        report = padding_report(model, args.input_size, in_channels=args.in_channels,
+                                device="meta" if args.device == "meta" else args.device,
+                                model_name=describe(args.model), size_range=size_range, modes=modes, layer=args.layer,
+                                progress=lambda done, total: progress("input sizes", done, total))
+        if args.spatial_bias or args.probe:
+            from rflens.spatialbias import blind_spot_probe, mean_activation
+
+            run_on = "cpu" if args.device == "meta" else args.device
+            if args.spatial_bias:
+                maps = mean_activation(model, args.spatial_bias, inputs=None if args.inputs == "noise" else args.inputs,
+                                       n=args.n, input_size=report.input_size, in_channels=args.in_channels,
+                                       device=run_on, seed=args.noise_seed,
+                                       progress=lambda d, t: progress("mean activations", d, t))
+                report.spatial_bias.extend(maps.values())
+            if args.probe:
+                report.spatial_bias.append(blind_spot_probe(
+                    model, input_size=report.input_size, layer=args.layer, stimulus=args.stimulus,
+                    in_channels=args.in_channels, device=run_on, progress=lambda d, t: progress("probe", d, t)))
+            if args.weights is None:
+                report.notes.append("spatial bias with random weights shows the architecture, not what a trained "
+                                    "network ignores: give --weights")
+    written = [args.out]
+    if args.plot is not None:
+        report.plot(args.plot)
+        written.append(args.plot)
+        if report.spatial_bias:
+            from rflens.report.spatialbias import spatialbias_figure
+
+            bias_plot = args.plot.with_name(f"{args.plot.stem}_spatialbias{args.plot.suffix}")
+            spatialbias_figure(report.spatial_bias).savefig(bias_plot, dpi=120, bbox_inches="tight")
+            written.append(bias_plot)
+    if _json_document(args, report.to_dict()):
+        return 0
+    console.print(summary(report), highlight=False)
+    if report.uneven:
+        console.print(uneven_table(report.layers), soft_wrap=True)
+    console.print(foveation_table(report.foveation), soft_wrap=True)
+    if report.spatial_bias:
+        console.print(spatial_bias_table(report.spatial_bias), soft_wrap=True)
+    for path in written:
+        if path is not None:
+            console.print(f"wrote {path}")
+    return 0
+
+
+def _run_fix_padding_mode(args: argparse.Namespace, console: Console) -> int:
+    from safetensors.torch import save_model
+
+    from rflens.padding import padding_report
+    from rflens.report.padding import fix_table, foveation_table, summary
+    from rflens.sources import describe
+    from rflens.transforms import padding_mode_fix
+
+    model = _load(args, console)
+    device = "meta" if args.device == "meta" else args.device
+    with console.status(f"changing the padding mode to {args.mode} and auditing the result", spinner="dots"):
+        before = padding_report(model, args.input_size, in_channels=args.in_channels, device=device,
+                                model_name=describe(args.model), modes=["model"])
+        fix = padding_mode_fix(model, args.mode, args.input_size, in_channels=args.in_channels, device=device,
+                               model_name=describe(args.model), modes=["model"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    recipe_file, weights_file = args.out / "recipe.json", args.out / "model.safetensors"
+    suggested = before.suggested_size()
+    fix.recipe["suggested_input_size"] = list(suggested) if suggested else None
+    recipe_file.write_text(json.dumps(fix.recipe, indent=2) + "\n")
+    save_model(fix.model, str(weights_file))
+    doc = {"recipe": str(recipe_file), "weights": str(weights_file), **fix.to_dict(),
+           "before": before.to_dict(), "after": fix.after.to_dict(),
+           "suggested_input_size": fix.recipe["suggested_input_size"]}
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    console.print(fix_table(fix), soft_wrap=True)
+    console.print(foveation_table([before.foveation[0], fix.after.foveation[0]],
+                                  title="foveation before (first row) and after (second row)"), soft_wrap=True)
+    console.print(summary(fix.after), highlight=False)
+    if suggested and tuple(suggested) != before.input_size:
+        console.print(f"uneven layers at {'x'.join(map(str, before.input_size))}: {len(before.uneven)}; the padding "
+                      f"mode does not change that, the input size does: nearest size without any is "
+                      f"{'x'.join(map(str, suggested))}")
     console.print(f"wrote {recipe_file} and {weights_file}: rflens.apply_recipe(model, recipe, weights=...) "
                   "rebuilds the fixed model")
     return 0

@@ -98,7 +98,11 @@ class Window:
 
     Output unit u reads input units ``u*stride - pad_left + t*dilation`` for t in 0..kernel-1. Padding and
     slicing are windows of kernel 1 (slicing ``a::b`` is stride b and pad_left -a). ``pad_right`` only decides
-    the output size; ``ceil_mode`` is PyTorch's pooling rule.
+    the output size; ``ceil_mode`` is PyTorch's pooling rule. ``mode`` says what a tap outside the input reads:
+    nothing (``"zeros"``, the captured form of every padding; padding modes of a model are separate
+    :class:`Pad` reads), border pixels by a padding mode (``"reflect"``, ``"replicate"``, ``"circular"``), or
+    nothing with the other taps re-weighted by kernel / valid taps (``"partial"``, partial-convolution padding,
+    Liu et al. 2018). Modes other than zeros appear in what-if graphs (:func:`rflens.padding.with_padding_mode`).
     """
 
     kernel: int = 1
@@ -107,6 +111,7 @@ class Window:
     pad_right: int = 0
     dilation: int = 1
     ceil_mode: bool = False
+    mode: str = "zeros"
 
     @property
     def extent(self) -> int:
@@ -133,7 +138,17 @@ class Window:
 
     def taps(self, n_in: int, n_out: int) -> Taps:
         u = np.arange(n_out, dtype=np.int64)
-        return [_valid(u * self.stride - self.pad_left + t * self.dilation, n_in) for t in range(self.kernel)]
+        mode = "constant" if self.mode in ("zeros", "partial") else self.mode
+        return [_valid(padded_index(u * self.stride - self.pad_left + t * self.dilation, n_in, mode), n_in)
+                for t in range(self.kernel)]
+
+    def tap_weights(self, n_in: int, n_out: int) -> np.ndarray | None:
+        """Per output unit, the factor its taps are scaled by: kernel / taps inside the input for partial
+        convolution, None (all 1) otherwise."""
+        if self.mode != "partial":
+            return None
+        valid = sum((idx >= 0).astype(np.int64) for idx in self.taps(n_in, n_out))
+        return np.where(valid > 0, self.kernel / np.maximum(valid, 1), 0.0)
 
     def coverage(self) -> tuple[int, ...]:
         """How many windows read an interior input index i, for i mod stride = 0, 1, ...: floor(k/s) or
@@ -193,11 +208,14 @@ def _valid(idx: np.ndarray, n: int) -> np.ndarray:
 @dataclass(frozen=True)
 class Pad:
     """Explicit padding (negative amounts crop). On the infinite line every mode is a shift by ``left``;
-    the concrete taps follow the mode (reflect and replicate read border pixels, circular wraps)."""
+    the concrete taps follow the mode (reflect and replicate read border pixels, circular wraps). ``same``:
+    (window extent, stride) when the amounts are TensorFlow's "same" padding, which the model's code computes
+    from the input size at every call (timm's ``Conv2dSame``): :meth:`at` recomputes them for another size."""
 
     left: int
     right: int
     mode: str = "constant"
+    same: tuple[int, int] | None = None
 
     def output_size(self, n: int) -> int:
         return n + self.left + self.right
@@ -214,21 +232,37 @@ class Pad:
         m = QuasiAffine.affine(1, -self.left)
         return m, m
 
+    def at(self, n: int) -> Pad:
+        """This padding for an input of n units: TF-"same" amounts are recomputed, fixed ones kept."""
+        if self.same is None:
+            return self
+        return Pad(*same_pads(n, *self.same), self.mode, self.same)
+
     def taps(self, n_in: int, n_out: int) -> Taps:
-        i = np.arange(n_out, dtype=np.int64) - self.left
-        if self.mode == "constant":
-            src = i
-        elif self.mode == "reflect":
-            period = 2 * (n_in - 1) if n_in > 1 else 1
-            r = np.mod(i, period)
-            src = np.where(r < n_in, r, period - r)
-        elif self.mode == "replicate":
-            src = np.clip(i, 0, n_in - 1)
-        elif self.mode == "circular":
-            src = np.mod(i, n_in)
-        else:
-            raise ValueError(f"unknown padding mode {self.mode!r}")
-        return [_valid(src, n_in)]
+        return [_valid(padded_index(np.arange(n_out, dtype=np.int64) - self.left, n_in, self.mode), n_in)]
+
+
+def same_pads(n: int, extent: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's "same" padding of n units for a window of ``extent`` (d*(k-1)+1) and ``stride``:
+    total = max((ceil(n/s) - 1)*s + extent - n, 0), the smaller half before (timm's ``pad_same``)."""
+    total = max((-(-n // stride) - 1) * stride + extent - n, 0)
+    return total // 2, total - total // 2
+
+
+def padded_index(i: np.ndarray, n: int, mode: str) -> np.ndarray:
+    """The input index that position i of a padded axis of n units reads in PyTorch's padding ``mode``
+    (constant: i itself, out of range where it reads the constant)."""
+    if mode == "constant":
+        return i
+    if mode == "reflect":
+        period = 2 * (n - 1) if n > 1 else 1
+        r = np.mod(i, period)
+        return np.where(r < n, r, period - r)
+    if mode == "replicate":
+        return np.clip(i, 0, n - 1)
+    if mode == "circular":
+        return np.mod(i, n)
+    raise ValueError(f"unknown padding mode {mode!r}")
 
 
 @dataclass(frozen=True)

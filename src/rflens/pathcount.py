@@ -147,13 +147,26 @@ def tap_matrix(read: Any, n_in: int, n_out: int) -> sp.csr_matrix | None:
         rows.append(idx[ok])
         cols.append(u[ok])
     rows_, cols_ = (np.concatenate(rows), np.concatenate(cols)) if rows else (np.empty(0, np.int64),) * 2
-    if n_in == n_out and rows_.size == n_in and np.array_equal(rows_, cols_) and np.array_equal(rows_, u):
+    weights = _tap_weights(read, n_in, n_out)
+    if n_in == n_out and rows_.size == n_in and np.array_equal(rows_, cols_) and np.array_equal(rows_, u) \
+            and weights is None:
         return None
-    data = np.ones(rows_.size, dtype=np.float64)
+    data = np.ones(rows_.size, dtype=np.float64) if weights is None else weights[cols_]
     return sp.csr_matrix((data, (rows_, cols_)), shape=(n_in, n_out))  # duplicates add up
 
 
-def _pull(m: np.ndarray, axis: int, read: AxisRead, n_in: int, n_out: int) -> np.ndarray:
+def _tap_weights(read: Any, n_in: int, n_out: int) -> np.ndarray | None:
+    """Per output unit, the weight of its taps (partial-convolution padding re-weights border windows)."""
+    weigh = getattr(read, "tap_weights", None)
+    return weigh(n_in, n_out) if weigh is not None else None
+
+
+def _pull(m: np.ndarray, axis: int, read: AxisRead, n_in: int, n_out: int, through_global: bool = True
+          ) -> np.ndarray:
+    if read is None and not through_global:  # a global read carries no position: no path
+        shape = list(m.shape)
+        shape[axis] = n_in
+        return np.zeros(shape)
     if read is None:  # every output unit reads every input position once
         shape = list(m.shape)
         shape[axis] = n_in
@@ -169,8 +182,9 @@ def _pull(m: np.ndarray, axis: int, read: AxisRead, n_in: int, n_out: int) -> np
 class _Counter:
     """The path-count flavour of the backward walk: maps are (mantissa, exponent) pairs."""
 
-    def __init__(self) -> None:
+    def __init__(self, through_global: bool = True) -> None:
         self.exact = True
+        self.through_global = through_global
 
     def _normalise(self, m: np.ndarray, e: int) -> Scaled:
         peak = float(m.max()) if m.size else 0.0
@@ -183,7 +197,9 @@ class _Counter:
 
     def pull(self, value: Scaled, axis: int, read: AxisRead, n_in: int, n_out: int) -> Scaled:
         m, e = value
-        out = _pull(m, axis, read, n_in, n_out)
+        if _tap_weights(read, n_in, n_out) is not None:
+            self.exact = False  # weighted taps: the map is a weighted count, no longer integers
+        out = _pull(m, axis, read, n_in, n_out, self.through_global)
         return value if out is m else self._normalise(out, e)
 
     def merge(self, a: Scaled, b: Scaled) -> Scaled:
@@ -209,11 +225,15 @@ def _resolve(graph: Graph, node: int | str) -> tuple[Node, str]:
     return target, target.module
 
 
-def path_counts(graph: Graph, node: int | str, unit: Sequence[int] | str | None = None) -> PathMap:
+def path_counts(graph: Graph, node: int | str, unit: Sequence[int] | str | None = None,
+                through_global: bool = True) -> PathMap:
     """Number of paths joining every input pixel to output ``unit`` of ``node`` (a node id, negative ids
     counting from the end, or a module name) in the single-channel ones surrogate of ``graph``. ``unit``
     defaults to the centre unit the ERF protocols probe (:func:`rflens.geometry.centre_unit`); ``"all"`` counts
-    the paths into every unit of the node (the map of the node's spatial sum, as a pooled output sees it)."""
+    the paths into every unit of the node (the map of the node's spatial sum, as a pooled output sees it).
+    ``through_global=False`` counts only the paths that keep the position all the way (a squeeze-and-excitation
+    gate's spatial mean then adds none: without that, paths through the first such mean outnumber all others
+    and the map shows the stem alone)."""
     target, module = _resolve(graph, node)
     if isinstance(unit, str):
         if unit != "all":
@@ -223,7 +243,7 @@ def path_counts(graph: Graph, node: int | str, unit: Sequence[int] | str | None 
         unit = check_unit(target, centre_unit(target.sizes) if unit is None else unit)
         seed = np.zeros(target.sizes)
         seed[unit] = 1.0
-    counter = _Counter()
+    counter = _Counter(through_global)
     result = walk_back(graph, target.id, (seed, 0), counter.pull, counter.merge, counter.empty)
     mantissa, exponent = result if result is not None else (np.zeros(graph.input_size), 0)
     return PathMap.from_scaled(np.ascontiguousarray(mantissa, dtype=np.float64), exponent, target.id, unit,

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from rflens.errors import InputSizeError, InputTooSmallError, NotResizableError
-from rflens.geometry import Pad, Resample, Window
+from rflens.geometry import Pad, Resample, Window, same_pads
 from rflens.graph import IDENTITY_READ, Graph, Node, Work
 
 
@@ -39,6 +39,57 @@ class MoveAfter:
 
 
 Change = SetWindow | MoveAfter
+
+
+WINDOW_OPS = ("convolution", "max_pool", "avg_pool")
+
+
+def consumers(graph: Graph) -> dict[int, list[int]]:
+    """Node id -> the nodes that read its output."""
+    out: dict[int, list[int]] = {}
+    for node in graph.nodes:
+        for src in node.inputs:
+            out.setdefault(src, []).append(node.id)
+    return out
+
+
+def is_window(node: Node) -> bool:
+    """A convolution or pooling with a sliding window on every axis (not transposed, not adaptive)."""
+    return node.op.startswith(WINDOW_OPS) and bool(node.reads) and all(isinstance(r, Window) for r in node.reads[0])
+
+
+def mark_same_padding(graph: Graph) -> None:
+    """Find TensorFlow-"same" padding computed by the model's code (timm's ``Conv2dSame``, ``MaxPool2dSame``):
+    a constant padding, in a module whose code read the size of a map, read only by windows of that module (or
+    its submodules) that pad nothing themselves, with exactly the "same" amounts for them on every axis. Its
+    reads get the rule (:meth:`rflens.geometry.Pad.at`) so that the graph follows it to other sizes, and the
+    module is listed in ``graph.same_padding``. Whether that explains everything the code does with the size
+    is checked elsewhere, against real captures at other sizes (:class:`rflens.border.Resolutions`)."""
+    readers = consumers(graph)
+    for node in graph.nodes[1:]:
+        if node.op != "constant_pad_nd" or node.module not in graph.size_read_modules or len(node.inputs) != 1:
+            continue
+        users = [graph.nodes[i] for i in readers.get(node.id, [])]
+        if not users or not all(is_window(u) and _inside(u.module, node.module) and len(u.inputs) == 1
+                                for u in users):
+            continue
+        n_in = graph.nodes[node.inputs[0]].sizes
+        rules = []
+        for axis, read in enumerate(node.reads[0]):
+            windows = {(w.extent, w.stride) for w in (u.reads[0][axis] for u in users) if not w.pad_left
+                       and not w.pad_right}
+            amounts = (read.left, read.right) if isinstance(read, Pad) else (0, 0) if read == IDENTITY_READ else None
+            if len(windows) != 1 or amounts is None or same_pads(n_in[axis], *next(iter(windows))) != amounts:
+                break
+            rules.append(Pad(*amounts, "constant", next(iter(windows))))
+        else:
+            graph.nodes[node.id] = replace(node, reads=(tuple(rules),))
+            if node.module not in graph.same_padding:
+                graph.same_padding.append(node.module)
+
+
+def _inside(module: str, parent: str) -> bool:
+    return not parent or module == parent or module.startswith(parent + ".")
 
 
 def _where(node: Node) -> str:
@@ -140,9 +191,14 @@ def _axis_size(graph: Graph, out: Graph, node: Node, axis: int, reads: list[list
             if n_out is not None:
                 candidates.add(n_out)
         elif read is not None:
+            if isinstance(read, Pad):
+                read = read.at(n_in)  # TF-"same" padding follows the size
             if isinstance(read, Pad) and not read.fits(n_in):
                 raise InputSizeError(f"the model cannot run at input size {out.input_size}: {_where(node)} pads "
                                      f"({read.left}, {read.right}) in {read.mode} mode a map of {n_in} units")
+            if node.op.startswith("avg_pool3d") and n_in < read.kernel:  # PyTorch's 3-D average pooling only
+                raise InputSizeError(f"the model cannot run at input size {out.input_size}: {_where(node)} needs "
+                                     f"at least its kernel's {read.kernel} units, padding or not, got {n_in}")
             if node.op == "pixel_unshuffle" and n_in % read.stride:
                 raise InputSizeError(f"the model cannot run at input size {out.input_size}: {_where(node)} needs a "
                                      f"multiple of {read.stride} units, got {n_in}")

@@ -59,6 +59,13 @@ def _check(model: nn.Module, edit: Mapping[str, Any]) -> None:
     if "stride" in edit and max(edit["stride"]) > 1 and getattr(module, "padding", None) == "same":
         raise RefineError(f"module '{name}' uses padding='same', which PyTorch allows only at stride 1: give it "
                           "explicit padding by hand first")
+    if "padding_mode" in edit:
+        why = padding_mode_refusal(module)
+        if why is not None:
+            raise RefineError(f"cannot change the padding mode of '{name}': {why}")
+        if edit["padding_mode"] not in PADDING_MODES:
+            raise RefineError(f"padding mode must be one of {', '.join(PADDING_MODES)}, got {edit['padding_mode']!r}")
+        return
     if "kernel_offset" in edit:
         if type(module) not in _PADDABLE:
             raise RefineError(f"module '{name}' ({type(module).__name__}) is not a plain PyTorch convolution or "
@@ -94,6 +101,8 @@ def apply_recipe(model: nn.Module, recipe: Mapping[str, Any], weights: str | os.
         _check(out, edit)
         if "move_before" in edit:
             _move(out, edit["module"], edit["move_before"])
+        elif "padding_mode" in edit:
+            _module(out, edit["module"]).padding_mode = edit["padding_mode"]
         elif "kernel_offset" in edit:
             _pad_kernel(out, edit)
         elif "kernel_size" in edit:
@@ -395,5 +404,110 @@ def _output_change(model: nn.Module, fixed: nn.Module, input_shape: Sequence[int
     return diff, scale
 
 
-__all__ = ["KernelPadding", "apply_recipe", "applicable", "kernel_pad", "kernel_padding_edits", "load_recipe",
-           "refine"]
+# -- padding mode (Alsallakh et al., "Mind the Pad", ICLR 2021) ---------------------------------------------
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_STOCK_FORWARDS = {nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward}
+
+
+def padding_mode_refusal(module: nn.Module) -> str | None:
+    """Why setting ``module.padding_mode`` would not change how it pads, or None when it would."""
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return "a transposed convolution: PyTorch supports zero padding only there"
+    if not isinstance(module, _CONVS):
+        return f"the convolution runs in the forward code of a {type(module).__name__}, not in an nn.ConvNd"
+    if type(module).forward not in _STOCK_FORWARDS:
+        return (f"{type(module).__name__} pads in its own forward code (e.g. TF-\"same\" zeros), so its "
+                "padding_mode attribute is not used")
+    return None
+
+
+@dataclass
+class PaddingModeFix:
+    """Convolutions given another padding mode (``rflens fix padding-mode``): the new model, its recipe, what
+    changed, what was left (module, why), and the padding audit of the fixed model (``after``)."""
+
+    model: nn.Module
+    recipe: dict[str, Any]
+    changes: list[dict[str, Any]]
+    skipped: list[tuple[str, str]]
+    after: Any = None  # rflens.padding.PaddingReport of the fixed model
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"recipe": self.recipe, "changes": self.changes,
+                "skipped": [{"module": m, "why": why} for m, why in self.skipped]}
+
+
+def padding_mode_edits(model: nn.Module, graph: Any, mode: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                                                          list[tuple[str, str]]]:
+    """Edits giving every padded convolution of ``graph`` (captured from ``model``) the padding ``mode``;
+    also the changes in words and the layers that cannot take it, with the reason."""
+    from rflens.padding import audit
+
+    if mode not in PADDING_MODES:
+        raise RflensError(f"padding mode must be one of {', '.join(PADDING_MODES)}, got {mode!r}")
+    edits, changes, skipped, seen = [], [], [], set()
+    rows: dict[int, list[Any]] = {}
+    for row in audit(graph, trace_back=False):
+        if row.op == "convolution":
+            rows.setdefault(row.node, []).append(row)
+    for node_id, axes in rows.items():
+        name = graph.nodes[node_id].module
+        if name in seen or not any(r.pads != (0, 0) for r in axes):
+            continue
+        seen.add(name)
+        module = _module(model, name) if name else model
+        why = padding_mode_refusal(module)
+        if why is None and module.padding != "same" and all(p == 0 for p in _per_axis(module.padding, len(axes))):
+            why = "its padding is done by another module or in forward code (the convolution itself pads nothing)"
+        if why is None and mode in ("reflect", "circular"):
+            too_big = [(r.pads, r.size) for r in axes if max(r.pads) > r.size - (mode == "reflect")]
+            if too_big:
+                why = f"{mode} padding of {too_big[0][0]} needs a larger map than {too_big[0][1]} units"
+        if why is not None:
+            skipped.append((name, why))
+            continue
+        if module.padding_mode == mode:
+            continue
+        edits.append({"module": name, "padding_mode": mode})
+        changes.append({"module": name, "type": type(module).__name__, "padding": [list(r.pads) for r in axes],
+                        "mode": [module.padding_mode, mode]})
+    return edits, changes, skipped
+
+
+def padding_mode_fix(model: nn.Module, mode: str, input_size: int | Sequence[int], *, in_channels: int | None = None,
+                     device: str = "meta", model_name: str | None = None, audit_after: bool = True,
+                     **report_options: Any) -> PaddingModeFix:
+    """A copy of ``model`` whose padded convolutions pad in ``mode`` (reflect, replicate, circular or zeros),
+    as Alsallakh et al. suggest against the foveation of zero padding. It changes the function (fine-tune the
+    model). It checks itself: the fixed model is traced again, every changed convolution must read a padding of
+    ``mode`` and every output shape must be the same; with ``audit_after`` the fixed model's padding report
+    (``report_options`` go to :func:`rflens.padding.padding_report`) is attached as ``after``."""
+    from rflens.capture import capture
+    from rflens.padding import audit, padding_report
+
+    graph = capture(model, input_size, in_channels=in_channels, device=device)
+    edits, changes, skipped = padding_mode_edits(model, graph, mode)
+    recipe = {"rflens_recipe": 1, "fix": "padding-mode", "mode": mode, "model": model_name or type(model).__name__,
+              "input_size": list(graph.input_size), "edits": edits}
+    fixed = apply_recipe(model, recipe)
+    after = capture(fixed, graph.input_size, in_channels=graph.input_shape[1], device=device)
+    shapes = ({m: graph.nodes[i].shape for m, i in graph.module_outputs.items()},
+              {m: after.nodes[i].shape for m, i in after.module_outputs.items()})
+    if shapes[0] != shapes[1]:
+        raise RflensError("changing the padding mode changed an output shape: please report this as a bug")
+    wanted = "zeros" if mode == "zeros" else mode
+    changed = {e["module"] for e in edits}
+    wrong = sorted({r.name for r in audit(after, trace_back=False)
+                    if r.name in changed and r.pads != (0, 0) and r.mode != wanted})
+    if wrong:
+        raise RflensError(f"the padding mode of {wrong[:3]} did not change in the traced model: please report this "
+                          "as a bug")
+    result = PaddingModeFix(fixed, recipe, changes, skipped)
+    if audit_after:
+        result.after = padding_report(fixed, graph.input_size, in_channels=graph.input_shape[1], device=device,
+                                      model_name=f"{recipe['model']} ({mode} padding)", **report_options)
+    return result
+
+
+__all__ = ["KernelPadding", "PaddingModeFix", "apply_recipe", "applicable", "kernel_pad", "kernel_padding_edits",
+           "load_recipe", "padding_mode_edits", "padding_mode_fix", "refine"]

@@ -548,3 +548,52 @@ def deadpixel_figure(report: Any, zoom: int = 32) -> Figure:
                  + (f", {len(report.after_fix.culprits)} after kernel padding)" if report.after_fix else ")"),
                  fontsize=10)
     return fig
+
+
+MODE_COLORS = {"model": "#222222", "zeros": "#1f3b73", "reflect": "#2a9d4b", "replicate": "#f0a202",
+               "circular": "#8e44ad", "partial": "#d62728"}
+
+
+def foveation_figure(maps: Sequence[Any], title: str = "", smooth: int = 8) -> Figure:
+    """Mind the Pad's foveation picture: each padding's structural map of the whole output (top, scaled to the
+    mean of its central region, one colour scale) and the profiles along every axis (bottom, each scaled to its
+    mean and averaged over ``smooth`` pixels so that checkerboards do not hide the trend; a profile that is not
+    its own mirror image is the asymmetry)."""
+    from rflens.mapstats import central_mean
+
+    ndim = maps[0].map.ndim
+    fig = Figure(figsize=(max(2.6 * len(maps), 7.0), 6.4 if ndim >= 2 else 3.2), layout="constrained")
+    if ndim >= 2:
+        top_fig, bottom_fig = fig.subfigures(2, 1)
+        scaled = [_centre_slices(f.map / (central_mean(f.map) or 1.0)) for f in maps]
+        top = max(float(np.percentile(s, 99.5)) for s in scaled) or 1.0
+        axes = top_fig.subplots(1, len(maps), squeeze=False)[0]
+        for ax, f, s in zip(axes, maps, scaled, strict=True):
+            image = ax.imshow(s, cmap="magma", vmin=0, vmax=top, interpolation="nearest")
+            ax.set_title(f"{f.mode}\nborder/centre {_ratio(f.stats.border_ratio)}, asym "
+                         f"{max(f.stats.asymmetry):.3f}", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        top_fig.colorbar(image, ax=list(axes), shrink=0.8, label="paths / central mean")
+        profile_axes = bottom_fig.subplots(1, ndim, squeeze=False)[0]
+    else:
+        profile_axes = [fig.add_subplot(1, 1, 1)]
+    for axis, ax in enumerate(profile_axes):
+        for f in maps:
+            other = tuple(a for a in range(ndim) if a != axis)
+            profile = f.map.sum(axis=other) if other else f.map
+            profile = profile / (float(profile.mean()) or 1.0)
+            width = max(1, min(smooth, profile.size))
+            averaged = np.convolve(profile, np.ones(width) / width, mode="valid")
+            x = np.arange(averaged.size) + (width - 1) / 2
+            ax.plot(x, averaged, lw=1.2, color=MODE_COLORS.get(f.mode), label=f.mode)
+        ax.set_xlabel(f"input position ({axis_names(ndim)[axis]})")
+        ax.set_ylabel(f"profile / mean ({smooth}-px average)" if smooth > 1 else "profile / mean", fontsize=8)
+    profile_axes[0].legend(fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(f"{title}: foveation (paths from each input pixel to every output unit)", fontsize=10)
+    return fig
+
+
+def _ratio(x: float) -> str:
+    return "-" if not _finite(x) else f"{x:.2f}"
