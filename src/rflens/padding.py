@@ -145,15 +145,18 @@ def audit(graph: Graph, fields: list[tuple[AxisField, ...]] | None = None, trace
             w: Window = node.reads[0][axis]
             extra = pad.reads[0][axis] if pad is not None else IDENTITY_READ
             left, right, mode, same = w.pad_left, w.pad_right, "zeros", False
+            crop = (0, 0)  # units a folded padding op cuts off (negative pads)
             if isinstance(extra, Pad):
                 left, right = left + extra.left, right + extra.right
                 mode = "zeros" if extra.mode == "constant" else extra.mode
                 same = extra.same is not None
+                crop = (max(-extra.left, 0), max(-extra.right, 0))
             n = graph.nodes[source.inputs[0]].sizes[axis]
             window = replace(w, pad_left=left, pad_right=right)
             out = node.sizes[axis]  # the op's own rule (ceil_mode counts a folded padding as input)
             eff_right = (out - 1) * w.stride + w.extent - left - n
-            unread = tuple(sorted(set(range(0, min(max(-left, 0), n))) | set(range(max(n + eff_right, 0), n))))
+            first, last = max(-left, crop[0]), min(n + eff_right, n - crop[1])  # real units the windows reach
+            unread = tuple(sorted(set(range(0, min(first, n))) | set(range(max(last, 0), n))))
             unread_input = None
             if trace_back and unread:
                 unread_input = _seen(fields[source.inputs[0]][axis], unread, graph.input_size[axis])
