@@ -5,8 +5,8 @@ captures, what-if padding modes against ones-kernel gradients, and the report.""
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 import re
 from pathlib import Path
 
