@@ -414,3 +414,15 @@ def test_reducing_the_patches_of_a_split_axis_is_global():
 
     layer = rflens.receptive_field(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), Separable()), 8).layer("1")
     assert layer.is_global and layer.rf == (3, 3)
+
+
+@pytest.mark.parametrize("norm", [nn.GroupNorm(2, 4), nn.InstanceNorm2d(4), nn.LayerNorm([4, 16, 16])])
+def test_normalisations_keep_every_position(norm):
+    """A norm scales each element by statistics of the map: positions stay (a regression: GroupNorm and
+    InstanceNorm made the map look 1x1, so the next convolution lost its geometry)."""
+    from rflens.rf import analyse
+
+    graph = capture(nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), norm, nn.Conv2d(4, 4, 3, 2, 1)), 32)
+    assert [n.sizes for n in graph.nodes if n.op == "convolution"] == [(16, 16), (8, 8)]
+    last = analyse(graph).layer("2")
+    assert last.rf == (7, 7) and last.stride == (4, 4) and last.is_global

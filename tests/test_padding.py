@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -622,3 +623,126 @@ def test_padding_report_non_square():
     assert d["suggested_input_size"] == [33, 41]
     asym = d["foveation"]["asymmetry"]
     assert asym[0] == 0.0 and asym[1] > 0
+
+
+# -- regressions found in review -------------------------------------------------------------------------------
+def test_foveation_of_a_model_with_a_convolution_head_on_pooled_features():
+    """dla34 / MobileNetV3 put a 1x1 convolution on the pooled features: the map is the last map before it."""
+    from rflens.errors import RflensError
+    from rflens.padding import foveation, last_map
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Conv2d(4, 10, 1), nn.Flatten())
+    graph = capture(model, 16)
+    assert last_map(graph).module == "0"
+    (f,) = foveation(graph, ("model",))
+    assert f.paths.exact and f.stats.never_read == 0
+    assert f.paths.counts().sum() == (8 * 3 - 1) ** 2  # 8 windows of 3 per axis, one tap on the left padding
+    with pytest.raises(RflensError, match="no path keeps the position .* module '2'"):
+        foveation(graph, ("model",), layer="2")
+
+
+def _pad_same(x, k, s):
+    n = x.shape[-1]
+    total = max((-(-n // s) - 1) * s + k - n, 0)
+    return F.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2))
+
+
+class _SameAndBranch(nn.Module):
+    """TF-"same" padding, then code that reads the size again for something else."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, 2)
+
+    def forward(self, x):
+        y = self.conv(_pad_same(x, 3, 2))
+        if x.shape[-1] > 300:
+            y = F.max_pool2d(y, 3, 2, 1)
+        return y
+
+
+class _SameOnly(_SameAndBranch):
+    def forward(self, x):
+        return self.conv(_pad_same(x, 3, 2))
+
+
+def test_same_padding_excuses_only_a_module_that_reads_sizes_in_one_place():
+    assert capture(_SameOnly(), 224).same_padding == [""]
+    graph = capture(_SameAndBranch(), 224)
+    assert graph.same_padding == [] and len(graph.size_reads) == 2
+    res = Resolutions(graph, lambda s: capture(_SameAndBranch(), s))
+    assert not res.resizable
+    m = _SameAndBranch()
+    assert even_sizes(res.graph_at, (224, 224), 380, 420) == even_sizes(lambda s: capture(m, s), (224, 224), 380, 420)
+
+
+def test_a_stride_change_carries_tf_same_padding_along():
+    """Refinements edit a window: its TF-"same" padding must follow the new stride (FLOPs, sizes)."""
+    from rflens.resize import SetWindow, resized
+
+    timm = pytest.importorskip("timm")
+    from timm.layers import Conv2dSame
+
+    model = nn.Sequential(Conv2dSame(3, 4, 3, stride=2), nn.Conv2d(4, 4, 3, padding=1))
+    graph = capture(model, 64)
+    conv = next(n for n in graph.nodes if n.op == "convolution")
+    window = replace(conv.reads[0][0], stride=1)
+    edited = resized(graph, (64, 64), [SetWindow(conv.id, (window, window))])
+    changed = nn.Sequential(Conv2dSame(3, 4, 3, stride=1), nn.Conv2d(4, 4, 3, padding=1))
+    real = capture(changed, 64)
+    assert [n.sizes for n in edited.nodes] == [n.sizes for n in real.nodes] and edited.flops == real.flops
+    assert timm is not None
+
+
+def test_padding_mode_checks_every_call_of_a_shared_convolution():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            return self.c(x).mean((2, 3)) + self.c(F.avg_pool2d(x, 8)).mean((2, 3))
+
+    from rflens.transforms import padding_mode_fix
+
+    fix = padding_mode_fix(Shared(), "reflect", 8, audit_after=False)
+    assert not fix.changes and fix.skipped == [("c", "reflect padding of (1, 1) does not fit a map of 1 units "
+                                                      "(PyTorch refuses)")]
+
+
+class _ReadsSizes(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, 2, 1)
+
+    def forward(self, x):
+        return self.conv(x)[..., : x.shape[-1]]
+
+
+def test_non_square_input_traced_per_size_searches_around_each_axis():
+    from rflens.padding import padding_report
+
+    report = padding_report(_ReadsSizes(), (40, 200), modes=["model"], max_traces=16)
+    assert [e.searched for e in report.even] == [(32, 47), (192, 207)]
+    assert report.suggested_size() == (41, 201)
+
+
+def test_what_if_padding_pytorch_refuses_is_a_note_not_a_map():
+    from rflens.errors import InputSizeError
+    from rflens.padding import foveation, padding_report
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.Conv2d(4, 4, 3, 2, 1), nn.Conv2d(4, 4, 3, padding=1))
+    with pytest.raises(InputSizeError, match="module '2'"):
+        foveation(capture(model, 4), ("reflect",))
+    report = padding_report(model, 4, modes=["model", "reflect", "circular"], size_range=(4, 8))
+    assert [f.mode for f in report.foveation] == ["model", "circular"]
+    assert any("no reflect foveation map" in n for n in report.notes)
+
+
+def test_profiles_of_short_axes_are_drawn():
+    from rflens.padding import padding_report
+
+    model = nn.Sequential(nn.Conv3d(1, 2, 3, 2, 1), nn.Conv3d(2, 2, 3, padding=1))
+    fig = padding_report(model, (6, 7, 8), modes=["model", "zeros"], size_range=(6, 9)).plot()
+    profiles = [ax for ax in fig.get_axes() if ax.get_lines()]
+    assert len(profiles) == 3 and all(len(line.get_xdata()) > 1 for ax in profiles for line in ax.get_lines())

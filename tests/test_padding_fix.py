@@ -62,7 +62,7 @@ def test_transposed_convolution_with_padding_is_refused():
 def test_reflection_larger_than_the_map_is_skipped():
     model = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.Conv2d(4, 4, 5, padding=4))
     _, _, skipped = padding_mode_edits(model, capture(model, 8), "reflect")
-    assert skipped == [("1", "reflect padding of (4, 4) needs a larger map than 4 units")]
+    assert skipped == [("1", "reflect padding of (4, 4) does not fit a map of 4 units (PyTorch refuses)")]
     edits, _, skipped = padding_mode_edits(model, capture(model, 8), "circular")
     assert not skipped and len(edits) == 2  # wrapping needs pads <= n only
 
@@ -157,6 +157,11 @@ def test_cli_fix_padding_mode(capsys, tmp_path):
 
 def test_cli_padding_errors(capsys):
     code, _, err = run(capsys, "padding", "torchvision:resnet18", "--modes", "mirror")
-    assert code == 2 and "padding mode must be one of" in err
+    assert code == 2 and "padding mode must be 'model' or one of" in err
     code, _, err = run(capsys, "padding", "torchvision:resnet18", "--layer", "nope", "--modes", "model")
     assert code == 2 and "nope" in err
+
+
+def test_cli_padding_range_takes_no_step(capsys):
+    code, _, err = run(capsys, "padding", "torchvision:resnet18", "--range", "32:64:2", "--modes", "model")
+    assert code == 2 and "not a step" in err

@@ -92,8 +92,8 @@ class _Recorder(TorchDispatchMode):
                            "(its values may depend on the position)")
 
     def size_read(self, where: str) -> None:
-        """Record that the model's code read the size of a map here (once per module)."""
-        if self.module not in self.graph.size_read_modules:
+        """Record that the model's code read the size of a map at ``where`` (once per place)."""
+        if where not in self.graph.size_reads:
             self.graph.size_read_modules.append(self.module)
             self.graph.size_reads.append(where)
 
@@ -244,7 +244,7 @@ class _PythonLevel(TorchFunctionMode):
     def _size_read(self, func: Any, args: tuple) -> None:
         rec = self.recorder
         st = rec.state(args[0]) if args else None
-        if st is None or rec.module in rec.graph.size_read_modules:
+        if st is None:
             return
         dims = st.dims
         if func is torch.Tensor.size and len(args) > 1 and isinstance(args[1], int):

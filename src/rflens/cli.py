@@ -189,11 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     pm = fixes.add_parser("padding-mode", help="pad convolutions by reflection, replication or wrapping "
                                                "(Alsallakh et al.)",
                           description="Sets padding_mode on every padded convolution (layers that pad in their own "
-                                      "forward code, transposed convolutions and maps too small for the mode are "
-                                      "skipped and listed), checks the traced result, audits the fixed model and "
+                                      "forward code or in another module, and maps too small for the mode, are "
+                                      "skipped and listed; transposed convolutions keep zeros), checks the traced "
+                                      "result, audits the fixed model and "
                                       "writes recipe.json and model.safetensors to --out. It changes the function: "
-                                      "fine-tune the model. The nearest input size without uneven layers is "
-                                      "suggested alongside.")
+                                      "fine-tune the model. The nearest input size without uneven layers is suggested "
+                                      "alongside.")
     pm.add_argument("mode", choices=["reflect", "replicate", "circular", "zeros"], help="the new padding mode")
     _add_model_args(pm)
     pm.add_argument("--out", type=Path, required=True, help="folder for recipe.json and model.safetensors")
@@ -496,10 +497,12 @@ def _run_padding(args: argparse.Namespace, console: Console) -> int:
     modes = args.modes or ["model", *WHAT_IF_MODES]
     model = _load(args, console)
     bar, progress = _progress_bar(Console(stderr=True))
+    if args.size_range is not None and args.size_range.step != 1:
+        raise RflensError("--range takes A:B (every size from A to B), not a step")
     size_range = (args.size_range.start, args.size_range.stop - 1) if args.size_range else None
     with bar:
         report = padding_report(model, args.input_size, in_channels=args.in_channels,
-                                device="meta" if args.device == "meta" else args.device,
+                                device=args.device,
                                 model_name=describe(args.model), size_range=size_range, modes=modes, layer=args.layer,
                                 progress=lambda done, total: progress("input sizes", done, total))
         if args.spatial_bias or args.probe:
@@ -552,7 +555,7 @@ def _run_fix_padding_mode(args: argparse.Namespace, console: Console) -> int:
     from rflens.transforms import padding_mode_fix
 
     model = _load(args, console)
-    device = "meta" if args.device == "meta" else args.device
+    device = args.device
     with console.status(f"changing the padding mode to {args.mode} and auditing the result", spinner="dots"):
         before = padding_report(model, args.input_size, in_channels=args.in_channels, device=device,
                                 model_name=describe(args.model), modes=["model"])

@@ -100,17 +100,13 @@ def _axis_coverage(counts: Sequence[int]) -> str:
 
 def target_node(graph: Graph, layer: str = "output") -> int:
     """The node of ``layer`` (a module name) or of the model's output."""
-    from rflens.errors import RflensError
+    from rflens.errors import unknown_layer
     from rflens.pathcount import output_node
 
     if layer == "output" and "output" not in graph.module_outputs:
         return output_node(graph).id
     if layer not in graph.module_outputs:
-        import difflib
-
-        close = difflib.get_close_matches(layer, list(graph.module_outputs), n=5)
-        raise RflensError(f"no module {layer!r} with a spatial output" + (f"; close: {', '.join(close)}" if close
-                                                                          else "") + " (or 'output')")
+        raise unknown_layer(layer, list(graph.module_outputs), "with a spatial output")
     return graph.module_node(layer).id
 
 

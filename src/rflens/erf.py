@@ -25,7 +25,7 @@ import torch
 
 from rflens import erf_inputs
 from rflens.cone import ConePlan, plan
-from rflens.errors import RflensError
+from rflens.errors import RflensError, unknown_layer
 from rflens.fold import fold_batchnorm
 from rflens.geometry import centre_unit
 from rflens.graph import Graph, Node, check_unit
@@ -298,11 +298,7 @@ def _capture(model: torch.nn.Module, layer: str, source: erf_inputs.InputSource,
     if layer != "output":
         modules = dict(model.named_modules())
         if layer not in modules:
-            import difflib
-
-            close = difflib.get_close_matches(layer, list(modules), n=5)
-            raise RflensError(f"no module {layer!r} in the model" + (f"; close: {', '.join(close)}" if close else "")
-                              + " (use 'output' for the model's output)")
+            raise unknown_layer(layer, list(modules))
 
         def count(*_: Any) -> None:
             calls[0] += 1

@@ -41,6 +41,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import OptimizeWarning, curve_fit
 
+from rflens.mapstats import json_float
+
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "GaussianFit",
@@ -114,12 +116,6 @@ def _axis_coords(shape: Sequence[int], axis: int) -> np.ndarray:
 def _marginals(m: np.ndarray) -> list[np.ndarray]:
     """The mass per index of each axis (sum over the other axes)."""
     return [m.sum(axis=tuple(b for b in range(m.ndim) if b != a)) for a in range(m.ndim)]
-
-
-def _safe(value: float) -> float | None:
-    """``None`` for NaN/inf (JSON has no NaN), else a plain Python float."""
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 # ----------------------------------------------------------------------------------------------- area ratios
@@ -244,8 +240,8 @@ class GaussianFit:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: NaN becomes ``None``."""
-        return {"sigma": [_safe(s) for s in self.sigma], "centre": [_safe(c) for c in self.centre],
-                "amplitude": _safe(self.amplitude), "r2": _safe(self.r2)}
+        return {"sigma": [json_float(s) for s in self.sigma], "centre": [json_float(c) for c in self.centre],
+                "amplitude": json_float(self.amplitude), "r2": json_float(self.r2)}
 
     @staticmethod
     def failed(ndim: int) -> GaussianFit:
@@ -524,13 +520,13 @@ def summary(erf_map: ArrayLike, expected_centre: Sequence[float],
     fit = gaussian_fit(m, centre_guess=expected)
     radii, cumulative = radial_mass(m, expected)
     return {
-        "area_ratio": {str(t): _safe(v) for t, v in ratios.items()},
-        "sigma": [_safe(s) for s in sigma],
-        "centre": [_safe(c) for c in centre],
+        "area_ratio": {str(t): json_float(v) for t, v in ratios.items()},
+        "sigma": [json_float(s) for s in sigma],
+        "centre": [json_float(c) for c in centre],
         "fit": fit.to_dict(),
-        "r2": _safe(fit.r2),
-        "erf_trf_ratio": _safe(erf_trf_ratio(sigma, trf_size)),
-        "com_offset": [_safe(c - e) for c, e in zip(centre, expected, strict=True)],
-        "radius_50": _safe(_radius_at(radii, cumulative, 0.5)),
-        "radius_90": _safe(_radius_at(radii, cumulative, 0.9)),
+        "r2": json_float(fit.r2),
+        "erf_trf_ratio": json_float(erf_trf_ratio(sigma, trf_size)),
+        "com_offset": [json_float(c - e) for c, e in zip(centre, expected, strict=True)],
+        "radius_50": json_float(_radius_at(radii, cumulative, 0.5)),
+        "radius_90": json_float(_radius_at(radii, cumulative, 0.9)),
     }

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
+
 
 class RflensError(Exception):
     """Base class of every error rflens raises on purpose."""
@@ -51,3 +54,12 @@ class RefineError(RflensError):
 class MetaDeviceError(CaptureError):
     """The model cannot run on the meta device (data-dependent Python, ``.item()``, ``nonzero``...)."""
 
+
+
+def unknown_layer(name: str, known: Sequence[str], where: str = "in the model") -> RflensError:
+    """The error for a layer name that is not a module: the closest names, else the first few, and 'output'."""
+    known = [k for k in known if k]
+    close = difflib.get_close_matches(name, known, n=5)
+    hint = f"; close: {', '.join(close)}" if close else \
+        (f"; modules include {', '.join(known[:8])}" + (", ..." if len(known) > 8 else "") if known else "")
+    return RflensError(f"no module {name!r} {where}{hint} (use 'output' for the model's output)")

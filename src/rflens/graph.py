@@ -61,7 +61,7 @@ class Graph:
     module_params: dict[str, int] = field(default_factory=dict)  # module name -> its own parameters' elements
     work: list[Work] = field(default_factory=list)  # FLOPs of every op that has any, in trace order
     size_reads: list[str] = field(default_factory=list)  # where the model's Python read the size of a map
-    size_read_modules: list[str] = field(default_factory=list)  # the modules of those reads, one entry each
+    size_read_modules: list[str] = field(default_factory=list)  # the module of each of those places
     same_padding: list[str] = field(default_factory=list)  # modules whose size reads compute TF-"same" padding
 
     @property

@@ -16,11 +16,18 @@ to a probe). Conventions, stated once (Alsallakh et al., "Mind the Pad", ICLR 20
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+
+def json_float(value: float) -> float | None:
+    """``None`` for NaN/inf (JSON has no NaN), else a plain Python float."""
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def _as_map(m: np.ndarray) -> np.ndarray:
@@ -104,15 +111,11 @@ class MapStats:
     worst_region_mean: float  # relative to the map's mean
 
     def to_dict(self) -> dict[str, Any]:
-        return {"asymmetry": list(self.asymmetry), "side_ratio": [_finite(x) for x in self.side_ratio],
-                "border_ratio": _finite(self.border_ratio), "min_max_ratio": _finite(self.min_max_ratio),
+        return {"asymmetry": list(self.asymmetry), "side_ratio": [json_float(x) for x in self.side_ratio],
+                "border_ratio": json_float(self.border_ratio), "min_max_ratio": json_float(self.min_max_ratio),
                 "never_read": self.never_read, "worst_region": {"start": list(self.worst_region),
                                                                 "size": list(self.worst_region_size),
-                                                                "relative_mean": _finite(self.worst_region_mean)}}
-
-
-def _finite(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
+                                                                "relative_mean": json_float(self.worst_region_mean)}}
 
 
 def map_stats(m: np.ndarray, region: int | Sequence[int] | None = None) -> MapStats:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from rflens.errors import CaptureError, RflensError
+from rflens.errors import CaptureError, InputSizeError, RflensError
 from rflens.geometry import Pad, Window
 from rflens.graph import IDENTITY_READ, Graph, Node
 from rflens.mapstats import MapStats, map_stats
@@ -117,14 +117,36 @@ class AxisPadding:
                 "unread_input": list(self.unread_input) if self.unread_input else None}
 
 
-def _folded_pad(graph: Graph, node: Node, readers: dict[int, list[int]]) -> Node | None:
-    """The padding op whose output only windows read, when ``node`` (a window) reads one."""
+@dataclass(frozen=True)
+class Folded:
+    """A window node with the padding op it reads folded in (when only windows read that op): per axis, the
+    window with both paddings and the op's mode, whether the amounts are TF "same", what a negative amount cuts
+    off (left, right), and the size of the map before the padding op."""
+
+    pad: Node | None
+    windows: tuple[Window, ...]
+    same: tuple[bool, ...]
+    crops: tuple[tuple[int, int], ...]
+    sizes: tuple[int, ...]
+
+
+def folded(graph: Graph, node: Node, readers: dict[int, list[int]]) -> Folded:
+    """``node`` (a window, :func:`rflens.resize.is_window`) with the padding op it reads folded in."""
     src = graph.nodes[node.inputs[0]]
-    if not src.op.startswith(PAD_OPS) or len(src.inputs) != 1:
-        return None
-    if not all(isinstance(r, Pad) or r == IDENTITY_READ for r in src.reads[0]):
-        return None
-    return src if all(is_window(graph.nodes[i]) for i in readers.get(src.id, [])) else None
+    pad = src if (src.op.startswith(PAD_OPS) and len(src.inputs) == 1
+                  and all(isinstance(r, Pad) or r == IDENTITY_READ for r in src.reads[0])
+                  and all(is_window(graph.nodes[i]) for i in readers.get(src.id, []))) else None
+    windows, same, crops = [], [], []
+    for axis, w in enumerate(node.reads[0]):
+        extra = pad.reads[0][axis] if pad is not None else IDENTITY_READ
+        if isinstance(extra, Pad):
+            w = replace(w, pad_left=w.pad_left + extra.left, pad_right=w.pad_right + extra.right,
+                        mode="zeros" if extra.mode == "constant" else extra.mode)
+        windows.append(w)
+        same.append(isinstance(extra, Pad) and extra.same is not None)
+        crops.append((max(-extra.left, 0), max(-extra.right, 0)) if isinstance(extra, Pad) else (0, 0))
+    sizes = graph.nodes[(pad or node).inputs[0]].sizes
+    return Folded(pad, tuple(windows), tuple(same), tuple(crops), sizes)
 
 
 def audit(graph: Graph, fields: list[tuple[AxisField, ...]] | None = None, trace_back: bool = True
@@ -139,30 +161,21 @@ def audit(graph: Graph, fields: list[tuple[AxisField, ...]] | None = None, trace
     for node in graph.nodes[1:]:
         if not is_window(node):
             continue
-        pad = _folded_pad(graph, node, readers)
-        source = pad if pad is not None else node
+        f = folded(graph, node, readers)
+        source = f.pad if f.pad is not None else node
         for axis in range(graph.ndim):
-            w: Window = node.reads[0][axis]
-            extra = pad.reads[0][axis] if pad is not None else IDENTITY_READ
-            left, right, mode, same = w.pad_left, w.pad_right, "zeros", False
-            crop = (0, 0)  # units a folded padding op cuts off (negative pads)
-            if isinstance(extra, Pad):
-                left, right = left + extra.left, right + extra.right
-                mode = "zeros" if extra.mode == "constant" else extra.mode
-                same = extra.same is not None
-                crop = (max(-extra.left, 0), max(-extra.right, 0))
-            n = graph.nodes[source.inputs[0]].sizes[axis]
-            window = replace(w, pad_left=left, pad_right=right)
+            window, n, crop = f.windows[axis], f.sizes[axis], f.crops[axis]
+            left, right = window.pad_left, window.pad_right
             out = node.sizes[axis]  # the op's own rule (ceil_mode counts a folded padding as input)
-            eff_right = (out - 1) * w.stride + w.extent - left - n
+            eff_right = (out - 1) * window.stride + window.extent - left - n
             first, last = max(-left, crop[0]), min(n + eff_right, n - crop[1])  # real units the windows reach
             unread = tuple(sorted(set(range(0, min(first, n))) | set(range(max(last, 0), n))))
             unread_input = None
             if trace_back and unread:
                 unread_input = _seen(fields[source.inputs[0]][axis], unread, graph.input_size[axis])
-            rows.append(AxisPadding(node.module, node.op, node.id, axis, graph.ndim, n, w.kernel, w.stride,
-                                    w.dilation, (left, right), mode, same, window.leftover(n), (left, eff_right),
-                                    unread, unread_input))
+            rows.append(AxisPadding(node.module, node.op, node.id, axis, graph.ndim, n, window.kernel, window.stride,
+                                    window.dilation, (left, right), window.mode, f.same[axis], window.leftover(n),
+                                    (left, eff_right), unread, unread_input))
     return rows
 
 
@@ -268,34 +281,29 @@ def even_sizes(graph_at: Callable[[tuple[int, ...]], Graph], input_size: Sequenc
 # -- foveation ------------------------------------------------------------------------------------------------
 def with_padding_mode(graph: Graph, mode: str) -> Graph:
     """What-if: ``graph`` with every convolution's padding (its own and a padding op folded into it) in
-    ``mode`` (zeros, reflect, replicate, circular, or partial-convolution padding). Poolings keep theirs."""
+    ``mode`` (zeros, reflect, replicate, circular, or partial-convolution padding). Poolings keep theirs.
+    Raises :class:`InputSizeError` where PyTorch would refuse the padding (reflection needs pads < n)."""
     if mode not in WHAT_IF_MODES:
         raise RflensError(f"padding mode must be one of {', '.join(WHAT_IF_MODES)}, got {mode!r}")
     readers = consumers(graph)
     nodes = list(graph.nodes)
     for node in graph.nodes[1:]:
-        if not (node.op == "convolution" and is_window(node)):
+        if not is_window(node):
             continue
-        pad = _folded_pad(graph, node, readers)
-        windows = []
-        for axis, w in enumerate(node.reads[0]):
-            extra = pad.reads[0][axis] if pad is not None else IDENTITY_READ
-            left = w.pad_left + (extra.left if isinstance(extra, Pad) else 0)
-            right = w.pad_right + (extra.right if isinstance(extra, Pad) else 0)
-            windows.append(replace(w, pad_left=left, pad_right=right, mode=mode if left or right else "zeros"))
-        nodes[node.id] = replace(node, reads=(tuple(windows),))
-        if pad is not None:  # the padding op becomes an identity: its readers pad themselves now
+        f = folded(graph, node, readers)
+        windows = f.windows
+        if node.op == "convolution":
+            windows = tuple(replace(w, mode=mode if w.pad_left or w.pad_right else "zeros") for w in windows)
+            for w, n in zip(windows, f.sizes, strict=True):
+                if not Pad(w.pad_left, w.pad_right, "constant" if w.mode in ("zeros", "partial") else w.mode).fits(n):
+                    raise InputSizeError(f"{mode} padding of ({w.pad_left}, {w.pad_right}) does not fit the {n} "
+                                         f"units that module '{node.module}' reads (PyTorch refuses it)")
+        elif f.pad is None:
+            continue
+        nodes[node.id] = replace(node, reads=(windows,))
+        if f.pad is not None:  # the padding op becomes an identity: its readers pad themselves now
             ident = (IDENTITY_READ,) * graph.ndim
-            nodes[pad.id] = replace(pad, op="identity", reads=(ident,), sizes=graph.nodes[pad.inputs[0]].sizes)
-    for node in graph.nodes[1:]:  # a pooling that read a folded padding op pads itself too
-        src = nodes[node.inputs[0]] if node.inputs else None
-        if is_window(node) and node.op != "convolution" and src is not None and src.op == "identity" \
-                and graph.nodes[src.id].op.startswith(PAD_OPS):
-            pads = graph.nodes[src.id].reads[0]
-            nodes[node.id] = replace(node, reads=(tuple(
-                replace(w, pad_left=w.pad_left + p.left, pad_right=w.pad_right + p.right,
-                        mode="zeros" if p.mode == "constant" else p.mode) if isinstance(p, Pad)
-                else w for w, p in zip(node.reads[0], pads, strict=True)),))
+            nodes[f.pad.id] = replace(f.pad, op="identity", reads=(ident,), sizes=f.sizes)
     return replace(graph, nodes=nodes)
 
 
@@ -318,10 +326,10 @@ class FoveationMap:
 
 def last_map(graph: Graph) -> Node:
     """The model's last spatially resolved map: its output, or the map a global pooling at the end reads
-    (a classifier's pooled features see every unit of it alike)."""
+    (a classifier's pooled features, and a head of 1x1 convolutions on them, see every unit of it alike)."""
     node = output_node(graph)
-    while len(node.inputs) == 1 and node.reads and all(r is None for r in node.reads[0]):
-        node = graph.nodes[node.inputs[0]]
+    while node.inputs and all(n == 1 for n in node.sizes) and any(n > 1 for n in graph.input_size):
+        node = graph.nodes[node.inputs[0]]  # a pooled head (a global mean, a 1x1 convolution on it)
     return node
 
 
@@ -338,6 +346,10 @@ def foveation(graph: Graph, modes: Sequence[str] = ("model", *WHAT_IF_MODES), la
     for mode in modes:
         g = graph if mode == "model" else with_padding_mode(graph, mode)
         paths = path_counts(g, node, "all", through_global=False)
+        if not paths.map.any():
+            where = graph.nodes[paths.node].module
+            raise RflensError(f"no path keeps the position from the input to module '{where}' (it depends on the "
+                              "input through global pooling only): pick an earlier layer")
         out.append(FoveationMap(mode, paths, map_stats(paths.map)))
     return out
 
@@ -353,7 +365,6 @@ class PaddingReport:
     even: list[EvenSizes]  # one for every axis at once (square inputs), else one per axis
     foveation: list[FoveationMap]
     spatial_bias: list[Any] = field(default_factory=list)  # rflens.spatialbias.SpatialMap
-    fix: Any = None  # rflens.transforms.PaddingModeFix
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -384,8 +395,7 @@ class PaddingReport:
             "even": [e.to_dict() for e in self.even],
             "suggested_input_size": list(suggested) if suggested else None,
             "foveation": fov,
-            "spatial_bias": [m.to_dict() for m in self.spatial_bias],
-            "fix": self.fix.to_dict() if self.fix is not None else None, "notes": list(self.notes),
+            "spatial_bias": [m.to_dict() for m in self.spatial_bias], "notes": list(self.notes),
         }
 
     def plot(self, path: str | os.PathLike | None = None) -> Any:
@@ -411,24 +421,32 @@ def padding_report(model: Any, input_size: int | Sequence[int], *, in_channels: 
     def trace(size: Sequence[int] | int) -> Graph:
         return capture(model, size, in_channels=in_channels, device=device)
 
+    for mode in modes:
+        if mode != "model" and mode not in WHAT_IF_MODES:
+            raise RflensError(f"padding mode must be 'model' or one of {', '.join(WHAT_IF_MODES)}, got {mode!r}")
     graph = trace(input_size)
     res = Resolutions(graph, trace)
     notes = []
-    lo, hi = size_range or DEFAULT_RANGE
+    size = graph.input_size
+    ranges = [size_range or DEFAULT_RANGE] * len(size)
     if not res.resizable:
         notes.append(f"every size was traced again: {res.retrace_reason}")
-        if size_range is None:
-            centre = max(graph.input_size)
-            lo, hi = max(centre - max_traces // 2, 1), centre + max_traces // 2 - 1
-    size = graph.input_size
+        if size_range is None:  # the max_traces sizes around each axis's own size
+            ranges = [(max(n - max_traces // 2, 1), max(n - max_traces // 2, 1) + max_traces - 1) for n in size]
     if len(set(size)) == 1:
-        even = [even_sizes(res.graph_at, size, lo, hi, progress=progress)]
+        even = [even_sizes(res.graph_at, size, *ranges[0], progress=progress)]
     else:
-        even = [even_sizes(res.graph_at, size, lo, hi, axis=a, progress=progress) for a in range(graph.ndim)]
-    if even and all(e.runnable == 0 for e in even):
-        notes.append(f"the model runs at no size in {lo}..{hi}")
+        even = [even_sizes(res.graph_at, size, *ranges[a], axis=a, progress=progress) for a in range(graph.ndim)]
+    for e in even:
+        if e.runnable == 0:
+            notes.append(f"the model runs at no size in {e.searched[0]}..{e.searched[1]}")
     rows = audit(graph, res.fields)
-    maps = foveation(graph, modes, layer)
+    maps = []
+    for mode in modes:
+        try:
+            maps.extend(foveation(graph, (mode,), layer))
+        except InputSizeError as exc:
+            notes.append(f"no {mode} foveation map: {exc}")
     return PaddingReport(model_name if model_name is not None else type(model).__name__, size, rows, even, maps,
                          notes=notes)
 

@@ -60,15 +60,15 @@ def is_window(node: Node) -> bool:
 
 def mark_same_padding(graph: Graph) -> None:
     """Find TensorFlow-"same" padding computed by the model's code (timm's ``Conv2dSame``, ``MaxPool2dSame``):
-    a constant padding, in a module whose code read the size of a map, read only by windows of that module (or
-    its submodules) that pad nothing themselves, with exactly the "same" amounts for them on every axis. Its
+    a constant padding, in a module whose code read the size of a map in one place only, read only by windows of
+    that module (or its submodules) that pad nothing themselves, with the "same" amounts for them on every axis. Its
     reads get the rule (:meth:`rflens.geometry.Pad.at`) so that the graph follows it to other sizes, and the
     module is listed in ``graph.same_padding``. Whether that explains everything the code does with the size
     is checked elsewhere, against real captures at other sizes (:class:`rflens.border.Resolutions`)."""
     readers = consumers(graph)
     for node in graph.nodes[1:]:
-        if node.op != "constant_pad_nd" or node.module not in graph.size_read_modules or len(node.inputs) != 1:
-            continue
+        if node.op != "constant_pad_nd" or graph.size_read_modules.count(node.module) != 1 or len(node.inputs) != 1:
+            continue  # the module's code must read sizes in one place only: the padding's computation
         users = [graph.nodes[i] for i in readers.get(node.id, [])]
         if not users or not all(is_window(u) and _inside(u.module, node.module) and len(u.inputs) == 1
                                 for u in users):
@@ -108,6 +108,11 @@ def edited(graph: Graph, changes: Sequence[Change]) -> Graph:
             node = nodes[change.node]
             first = tuple(w if w is not None else r for w, r in zip(change.windows, node.reads[0], strict=True))
             nodes[change.node] = replace(node, reads=(first, *node.reads[1:]))
+            src = nodes[node.inputs[0]]
+            if src.reads and any(isinstance(r, Pad) and r.same for r in src.reads[0]):  # TF-"same" follows the window
+                nodes[src.id] = replace(src, reads=(tuple(
+                    replace(r, same=(w.extent, w.stride)) if isinstance(r, Pad) and r.same and isinstance(w, Window)
+                    else r for r, w in zip(src.reads[0], first, strict=True)),))
             if change.kernel is not None:
                 for i, w in enumerate(work):  # the node's own convolution (not one that reads it)
                     if w.node == change.node and w.op == "convolution" and w.module == node.module and w.kernel:

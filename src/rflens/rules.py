@@ -795,9 +795,11 @@ def _cat(rec, func, args, kwargs, out):
     rec.emit(func, out, inputs, reads, tuple(dims), st0.hidden)
 
 
-def _mix(rec, func, x, out, mixed: set[int], keepdim: bool):
+def _mix(rec, func, x, out, mixed: set[int], keepdim: bool, normalises: bool = False):
     """Reductions and normalisations: each output element combines every index of the ``mixed`` dims of ``x``
-    (``keepdim``: the output keeps x's shape, as a softmax or a norm does, or size-1 dims in their place)."""
+    (``keepdim``: the output keeps x's shape, as a softmax or a norm does, or size-1 dims in their place).
+    ``normalises``: a normalisation (group, layer, instance norm): every element stays at its position, scaled by
+    statistics of the mixed dims."""
     st = rec.state(x)
     outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(o, torch.Tensor)]
     same_shape = outs[0].shape == x.shape
@@ -811,8 +813,9 @@ def _mix(rec, func, x, out, mixed: set[int], keepdim: bool):
     reads, dims, changed = _mix_reads(rec, st, atoms, dims)
     # factors left of an axis that was mixed globally (patches summed, pixels within a patch kept) no longer
     # mark positions: the result is global along that axis
-    dims = tuple(D.merge_adjacent(tuple(("n", -1, a[2], 1) if a[0] == "s" and reads[a[1]] is None else a for a in d))
-                 for d in dims)
+    if not normalises:
+        dims = tuple(D.merge_adjacent(tuple(("n", -1, a[2], 1) if a[0] == "s" and reads[a[1]] is None else a
+                                            for a in d)) for d in dims)
     # a softmax or a norm combines each element itself (local) with statistics of the mixed dims
     inputs, all_reads = ([st, st], [rec.identity_reads(st), reads]) if same_shape else ([st], [reads])
     for o in outs:
@@ -847,13 +850,13 @@ for _name in ("_softmax", "_log_softmax", "_safe_softmax", "softmax", "log_softm
 @rule(aten.native_layer_norm)
 def _layer_norm(rec, func, args, kwargs, out):
     x, shape = args[0], args[1]
-    _mix(rec, func, x, out[0], set(range(x.dim() - len(shape), x.dim())), True)
+    _mix(rec, func, x, out[0], set(range(x.dim() - len(shape), x.dim())), True, normalises=True)
 
 
 @rule(aten.native_group_norm)
 def _group_norm(rec, func, args, kwargs, out):
     x = args[0]
-    _mix(rec, func, x, out[0], set(range(1, x.dim())), True)
+    _mix(rec, func, x, out[0], set(range(1, x.dim())), True, normalises=True)
 
 
 @rule(aten.native_batch_norm, aten._native_batch_norm_legit)
@@ -862,7 +865,7 @@ def _batch_norm(rec, func, args, kwargs, out):
     training = args[5] if len(args) > 5 else kwargs.get("training", False)
     if not training:
         return rec.carry(out[0], rec.state(x), rec.state(x).dims)
-    _mix(rec, func, x, out[0], {0} | set(range(2, x.dim())), True)
+    _mix(rec, func, x, out[0], {0} | set(range(2, x.dim())), True, normalises=True)
 
 
 def _matmul(rec, func, a, b, out):

@@ -26,7 +26,6 @@ its training flags are restored and nothing of it changes.
 from __future__ import annotations
 
 import itertools
-import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,8 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rflens.errors import RflensError
-from rflens.mapstats import MapStats, map_stats
+from rflens.errors import RflensError, unknown_layer
+from rflens.mapstats import MapStats, json_float, map_stats
 
 Progress = Callable[[int, int | None], None]
 
@@ -84,9 +83,9 @@ class SpatialMap:
         out = {"kind": self.kind, "model": self.model, "layer": self.layer, "input_size": list(self.input_size),
                "map_shape": list(m.shape), "images": self.images, "inputs": self.inputs,
                "absolute": self.absolute, "probe": self.probe.to_dict() if self.probe is not None else None,
-               "mean": float(m.mean()), "min": float(m.min()), "max": float(m.max()),
+               "mean": json_float(m.mean()), "min": json_float(m.min()), "max": json_float(m.max()),
                "stats": self.stats.to_dict()}
-        return _json_safe(out)
+        return out
 
     def plot(self, path: str | os.PathLike | None = None) -> Any:
         """The map as a picture (heatmap for 2-D, curve for 1-D, middle slice for 3-D) with the worst region
@@ -97,20 +96,6 @@ class SpatialMap:
         if path is not None:
             fig.savefig(path, dpi=120, bbox_inches="tight")
         return fig
-
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(float(x)) else None
-    return x
 
 
 # -- mean activation ---------------------------------------------------------------------------------------
@@ -268,13 +253,7 @@ def _modules(model: torch.nn.Module, names: Sequence[str]) -> dict[str, torch.nn
         if name == "output":
             continue
         if name not in modules:
-            import difflib
-
-            valid = [m for m in modules if m]
-            close = difflib.get_close_matches(name, valid, n=5)
-            hint = f"; close: {', '.join(close)}" if close else \
-                (f"; modules include {', '.join(valid[:8])}" + (", ..." if len(valid) > 8 else "") if valid else "")
-            raise RflensError(f"no module {name!r} in the model{hint} (use 'output' for the model's output)")
+            raise unknown_layer(name, list(modules))
         found[name] = modules[name]
     return found
 

@@ -445,32 +445,34 @@ def padding_mode_edits(model: nn.Module, graph: Any, mode: str) -> tuple[list[di
 
     if mode not in PADDING_MODES:
         raise RflensError(f"padding mode must be one of {', '.join(PADDING_MODES)}, got {mode!r}")
-    edits, changes, skipped, seen = [], [], [], set()
-    rows: dict[int, list[Any]] = {}
+    from rflens.geometry import Pad
+
+    edits, changes, skipped = [], [], []
+    calls: dict[str, list[Any]] = {}  # module -> its convolutions' audit rows, every call
     for row in audit(graph, trace_back=False):
         if row.op == "convolution":
-            rows.setdefault(row.node, []).append(row)
-    for node_id, axes in rows.items():
-        name = graph.nodes[node_id].module
-        if name in seen or not any(r.pads != (0, 0) for r in axes):
+            calls.setdefault(row.name, []).append(row)
+    for name, rows in calls.items():
+        if not any(r.pads != (0, 0) for r in rows):
             continue
-        seen.add(name)
         module = _module(model, name) if name else model
         why = padding_mode_refusal(module)
-        if why is None and module.padding != "same" and all(p == 0 for p in _per_axis(module.padding, len(axes))):
+        pads_itself = module.padding == "same" or any(_per_axis(module.padding, len(module.kernel_size))) \
+            if why is None else True
+        if not pads_itself:
             why = "its padding is done by another module or in forward code (the convolution itself pads nothing)"
-        if why is None and mode in ("reflect", "circular"):
-            too_big = [(r.pads, r.size) for r in axes if max(r.pads) > r.size - (mode == "reflect")]
-            if too_big:
-                why = f"{mode} padding of {too_big[0][0]} needs a larger map than {too_big[0][1]} units"
+        if why is None:
+            too_big = next((r for r in rows if not Pad(*r.pads, mode).fits(r.size)), None)
+            if too_big is not None:
+                why = f"{mode} padding of {too_big.pads} does not fit a map of {too_big.size} units (PyTorch refuses)"
         if why is not None:
             skipped.append((name, why))
             continue
         if module.padding_mode == mode:
             continue
         edits.append({"module": name, "padding_mode": mode})
-        changes.append({"module": name, "type": type(module).__name__, "padding": [list(r.pads) for r in axes],
-                        "mode": [module.padding_mode, mode]})
+        changes.append({"module": name, "type": type(module).__name__,
+                        "padding": [list(r.pads) for r in rows[:graph.ndim]], "mode": [module.padding_mode, mode]})
     return edits, changes, skipped
 
 
@@ -495,10 +497,9 @@ def padding_mode_fix(model: nn.Module, mode: str, input_size: int | Sequence[int
               {m: after.nodes[i].shape for m, i in after.module_outputs.items()})
     if shapes[0] != shapes[1]:
         raise RflensError("changing the padding mode changed an output shape: please report this as a bug")
-    wanted = "zeros" if mode == "zeros" else mode
     changed = {e["module"] for e in edits}
     wrong = sorted({r.name for r in audit(after, trace_back=False)
-                    if r.name in changed and r.pads != (0, 0) and r.mode != wanted})
+                    if r.name in changed and r.pads != (0, 0) and r.mode != mode})
     if wrong:
         raise RflensError(f"the padding mode of {wrong[:3]} did not change in the traced model: please report this "
                           "as a bug")

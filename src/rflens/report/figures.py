@@ -583,7 +583,7 @@ def foveation_figure(maps: Sequence[Any], title: str = "", smooth: int = 8) -> F
             other = tuple(a for a in range(ndim) if a != axis)
             profile = f.map.sum(axis=other) if other else f.map
             profile = profile / (float(profile.mean()) or 1.0)
-            width = max(1, min(smooth, profile.size))
+            width = max(1, min(smooth, profile.size // 4))  # short axes are drawn as they are
             averaged = np.convolve(profile, np.ones(width) / width, mode="valid")
             x = np.arange(averaged.size) + (width - 1) / 2
             ax.plot(x, averaged, lw=1.2, color=MODE_COLORS.get(f.mode), label=f.mode)
