@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from test_cli import run
 
 from rflens.capture import capture
-from rflens.cli import main
 from rflens.errors import RefineError
 from rflens.padding import foveation, padding_report, with_padding_mode
 from rflens.transforms import apply_recipe, load_recipe, padding_mode_edits, padding_mode_fix
@@ -105,12 +105,6 @@ def test_unknown_mode_is_a_clear_error():
 
     with pytest.raises(RflensError, match="padding mode must be one of"):
         padding_mode_fix(_net(), "mirror", 32)
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_cli_padding_json(capsys, tmp_path):

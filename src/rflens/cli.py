@@ -400,8 +400,6 @@ def _load(args: argparse.Namespace, console: Console):
 
 
 def _run_deadpixel(args: argparse.Namespace, console: Console) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from rflens.deadpixel import dead_pixel_test
     from rflens.report.deadpixel import changes_table, culprit_table, indices_table, summary
     from rflens.sources import describe
@@ -409,15 +407,8 @@ def _run_deadpixel(args: argparse.Namespace, console: Console) -> int:
     weighted = (args.weighted or args.weights is not None or args.sensitivity or args.target_class is not None
                 or args.inputs != "noise")
     model = _load(args, console)
-    errors = Console(stderr=True)
-    tasks: dict[str, int] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=errors, transient=True, disable=not errors.is_terminal) as bar:
-        def progress(stage: str, done: int, total: int | None) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+    bar, progress = _progress_bar(Console(stderr=True))
+    with bar:
         report = dead_pixel_test(model, args.input_size, args.layer, in_channels=args.in_channels, weighted=weighted,
                                  inputs=None if args.inputs == "noise" else args.inputs, n=args.n,
                                  target_class=args.target_class, sensitivity=args.sensitivity,
