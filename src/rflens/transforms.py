@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.modules.utils import _reverse_repeat_tuple
 
 from rflens.errors import RefineError, RflensError
-from rflens.geometry import Window
+from rflens.geometry import Pad, Window
 
 _ATTRIBUTES = ("stride", "kernel_size", "padding")
 
@@ -445,8 +445,6 @@ def padding_mode_edits(model: nn.Module, graph: Any, mode: str) -> tuple[list[di
 
     if mode not in PADDING_MODES:
         raise RflensError(f"padding mode must be one of {', '.join(PADDING_MODES)}, got {mode!r}")
-    from rflens.geometry import Pad
-
     edits, changes, skipped = [], [], []
     calls: dict[str, list[Any]] = {}  # module -> its convolutions' audit rows, every call
     for row in audit(graph, trace_back=False):
