@@ -28,9 +28,14 @@ def parse_input_size(text: str) -> tuple[int, ...] | int:
 
 def _add_model_args(p: argparse.ArgumentParser, device: str = "meta",
                     device_help: str = "where the model is traced: meta (default, no FLOPs); cpu or cuda run it "
-                                       "once, for models whose forward needs real data") -> None:
-    p.add_argument("model", help="torchvision:NAME, timm:NAME or path/to/file.py:factory")
-    p.add_argument("--input-size", type=parse_input_size, default=224, metavar="N|HxW",
+                                       "once, for models whose forward needs real data",
+                    configurable: bool = False) -> None:
+    """The model and how it is built. ``configurable``: the model and the input size may come from a config file
+    instead (the defaults are None and the command fills them in)."""
+    p.add_argument("model", nargs="?" if configurable else None,
+                   help="torchvision:NAME, timm:NAME or path/to/file.py:factory"
+                        + (" (default: model in [tool.rflens])" if configurable else ""))
+    p.add_argument("--input-size", type=parse_input_size, default=None if configurable else 224, metavar="N|HxW",
                    help="spatial input size: 224, 224x320, 16000 (1-D), 16x112x112 (3-D); default 224")
     p.add_argument("--in-channels", type=int, default=None, help="input channels (default: the first conv's)")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
@@ -172,6 +177,45 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--out", type=Path, default=None, help="also write the JSON document to this file")
     pa.set_defaults(run=_run_padding)
 
+    a = sub.add_parser("audit", help="every analysis at once: verdicts, details, fixes; terminal, JSON or HTML",
+                       description="Receptive fields, unproductive layers, padding, culprit layers, structural "
+                                   "maps and the kernel-padding fix (weight-free), and with --weights, --images or "
+                                   "--erf the gradient ERF and the weighted dead-pixel test. Prints one verdict "
+                                   "per area (ok / warning / problem, with the number that decided it), then the "
+                                   "details and the fixes with their costs.")
+    _add_model_args(a, device="cpu", device_help="where the kernel-padding check and the gradient analyses run: cpu "
+                                                 "(default) or cuda (the geometry is traced on meta)")
+    a.add_argument("--images", default=None, metavar="DIR", help="a folder of pictures for the gradient analyses "
+                                                                  "(turns them on)")
+    a.add_argument("--erf", action="store_true", help="run the gradient analyses (on by default with --weights "
+                                                      "or --images; noise images unless --images)")
+    a.add_argument("--n", type=_positive, default=None,
+                   help="images for the gradient analyses (default 50 noise images, or every picture of --images)")
+    a.add_argument("--noise-seed", type=int, default=0, help="seed of the noise images (default 0)")
+    a.add_argument("--top", type=_positive, default=3, help="how many refinements to list (default 3)")
+    a.add_argument("--html", type=Path, default=None, help="write the self-contained HTML report to this file")
+    a.add_argument("--json", action="store_true", help="print JSON instead of the terminal report")
+    a.add_argument("--out", type=Path, default=None, help="also write the JSON document to this file")
+    a.set_defaults(run=_run_audit)
+
+    c = sub.add_parser("check", help="CI check: exit 1 when a rule fails (rules from the command line or "
+                                     "[tool.rflens] in pyproject.toml)",
+                       description="Audits the model and checks the rules, one line per rule; exits 1 when one "
+                                   "fails, 2 on an error. Rules: " + ", ".join(
+                                       f"{r.name} ({r.what}; {'at least' if r.minimum else 'at most'} {r.limit:g})"
+                                       for r in _rules()) + ". Default rules: " + ", ".join(_default_rules()) + ".")
+    _add_model_args(c, device="cpu", device_help="where the kernel-padding check and gradient rules run",
+                    configurable=True)
+    c.add_argument("--rule", action="append", default=None, metavar="NAME",
+                   help="check this rule (repeatable; replaces the configured rules)")
+    c.add_argument("--threshold", action="append", default=[], metavar="RULE=VALUE", type=_threshold,
+                   help="the limit of a rule (repeatable; overrides the configured one)")
+    c.add_argument("--config", type=Path, default=None,
+                   help="pyproject.toml with a [tool.rflens] table (default: ./pyproject.toml when present)")
+    c.add_argument("--erf", action="store_true", help="run the gradient analyses (needed by erf-coverage)")
+    c.add_argument("--json", action="store_true", help="print the outcomes as JSON")
+    c.set_defaults(run=_run_check)
+
     f = sub.add_parser("fix", help="apply a fix and write it as a recipe plus weights")
     fixes = f.add_subparsers(dest="fix", required=True)
     k = fixes.add_parser("kernel-pad", help="pad odd strided kernels to a multiple of the stride (Kim et al.)",
@@ -234,6 +278,28 @@ def _parse_sweep(text: str) -> range:
     except ValueError:
         raise argparse.ArgumentTypeError(f"sweep must look like 32:1024 or 32:1024:32, got {text!r}") from None
     return range(parts[0], parts[1] + 1, parts[2] if len(parts) == 3 else 1)
+
+
+def _threshold(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"threshold must look like dead-pixels=0.3, got {text!r}") from None
+
+
+def _rules() -> list:
+    from rflens.checks import RULES
+
+    return list(RULES.values())
+
+
+def _default_rules() -> tuple[str, ...]:
+    from rflens.checks import DEFAULT_RULES
+
+    return DEFAULT_RULES
 
 
 def _version() -> str:
@@ -535,6 +601,81 @@ def _run_padding(args: argparse.Namespace, console: Console) -> int:
         if path is not None:
             console.print(f"wrote {path}")
     return 0
+
+
+def _audit(args: argparse.Namespace, console: Console, gradients: bool, images: str | None = None):
+    """Build the model of ``args`` and audit it, with progress bars on stderr."""
+    from rflens.audit import audit
+    from rflens.sources import describe
+
+    model = _load(args, console)
+    bar, progress = _progress_bar(Console(stderr=True))
+    with bar:
+        return audit(model, args.input_size, in_channels=args.in_channels, gradients=gradients, images=images,
+                     n=getattr(args, "n", None), device=args.device, seed=getattr(args, "noise_seed", 0),
+                     model_name=describe(args.model), model_spec=args.model, top=getattr(args, "top", 3),
+                     progress=progress)
+
+
+def _run_audit(args: argparse.Namespace, console: Console) -> int:
+    from rflens.report.audit import details, headline, verdict_lines
+
+    gradients = args.erf or args.weights is not None or args.images is not None
+    result = _audit(args, console, gradients, args.images)
+    if args.html is not None:
+        from rflens.report.html import write_html
+
+        with Console(stderr=True).status("writing the HTML report", spinner="dots"):
+            write_html(result, args.html)
+    if _json_document(args, result.to_dict()):
+        return 0
+    console.print(headline(result), highlight=False)
+    console.print(verdict_lines(result.verdicts), highlight=False)
+    for part in details(result):
+        console.print(part, highlight=False, soft_wrap=True)
+    for path in (args.html, args.out):
+        if path is not None:
+            console.print(f"wrote {path}")
+    return 0
+
+
+def _run_check(args: argparse.Namespace, console: Console) -> int:
+    from rflens.checks import Config, check, load_config, rule_named
+    from rflens.report.audit import outcome_lines
+
+    path = args.config if args.config is not None else Path("pyproject.toml")
+    if args.config is not None and not path.is_file():
+        raise RflensError(f"--config {path}: no such file")
+    config = load_config(path) if path.is_file() else Config()
+    args.model = args.model or config.model
+    if args.model is None:
+        raise RflensError("no model: give one on the command line or as model in [tool.rflens] of pyproject.toml")
+    if args.input_size is None:
+        size = config.input_size if config.input_size is not None else 224
+        args.input_size = parse_input_size(str(size)) if not isinstance(size, list) else tuple(size)
+    args.in_channels = args.in_channels if args.in_channels is not None else config.in_channels
+    args.weights = args.weights if args.weights is not None else config.weights
+    if not args.model_arg:
+        args.model_arg = [f"{k}={v}" for k, v in config.model_args.items()]
+    rules = args.rule if args.rule else config.rules
+    limits = dict(config.limits)
+    for name, value in args.threshold:
+        rule_named(name)
+        limits[name] = value
+    for name in rules:
+        rule_named(name)
+    gradients = args.erf or args.weights is not None or any(rule_named(r).needs_gradients for r in rules)
+    result = _audit(args, console, gradients)
+    outcomes = check(result, rules, limits)
+    failed = [o for o in outcomes if not o.passed]
+    if args.json:
+        print(json.dumps({"model": result.model, "input_size": list(result.input_size), "passed": not failed,
+                          "outcomes": [o.to_dict() for o in outcomes]}, indent=2))
+    else:
+        console.print(outcome_lines(outcomes), highlight=False, markup=False, soft_wrap=True)
+        console.print(f"{len(failed)} of {len(outcomes)} rules failed" if failed
+                      else f"all {len(outcomes)} rules passed", highlight=False)
+    return 1 if failed else 0
 
 
 def _run_fix_padding_mode(args: argparse.Namespace, console: Console) -> int:

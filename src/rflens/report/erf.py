@@ -46,10 +46,12 @@ def erf_table(results: Sequence[ERF]) -> Table:
         table.add_column(f"area {float(t):.0%}", justify="right")
     for name in ("sigma (px)", "fit R²", "ERF/TRF", "CoM offset", "r50 / r90", "images"):
         table.add_column(name, justify="right")
+    mixed = len({r.protocol for r in results}) > 1
     for r in results:
         m = r.metrics
         trf = "global" if r.trf_box is None else " x ".join(str(hi - lo + 1) for lo, hi in r.trf_box)
-        table.add_row(r.layer, trf, *(_num(m["area_ratio"][t], ".2%") for t in thresholds),
+        label = f"{r.layer} ({r.protocol})" if mixed else r.layer
+        table.add_row(label, trf, *(_num(m["area_ratio"][t], ".2%") for t in thresholds),
                       _axes(m["sigma"]), _num(m["r2"], ".3f"), _num(m["erf_trf_ratio"], ".3f"),
                       _axes(m["com_offset"], "+.1f"), f"{_num(m['radius_50'], '.0f')} / {_num(m['radius_90'], '.0f')}",
                       f"{r.n}" + (f" (+{r.nonfinite} NaN/inf)" if r.nonfinite else "") if r.n else "-")

@@ -1,0 +1,252 @@
+"""One audit of a model at one input size: every analysis, the verdicts and the fixes with their costs.
+
+The weight-free part is geometry on meta captures (receptive fields, unproductive layers, padding, culprit
+layers and structural maps) plus the kernel-padding fix, checked on a real forward. The gradient part (the
+effective receptive field of the last map's centre unit and Kim et al.'s weighted dead-pixel test) runs only when
+asked (``gradients=True``): with random weights it describes the architecture, with trained ones the network.
+Each analysis is its own public function (:func:`rflens.border_report`, :func:`rflens.padding_report`, ...); this
+module calls them, collects their results and ranks the fixes. Verdicts and CI rules live in
+:mod:`rflens.checks`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rflens.border import BorderReport
+from rflens.deadpixel import DeadPixelReport
+from rflens.errors import MetaDeviceError, RflensError
+from rflens.padding import PaddingReport
+from rflens.rf import LayerRF, ReceptiveFields
+
+SCHEMA_VERSION = 1
+Progress = Callable[[str, int, "int | None"], None]
+
+
+@dataclass(frozen=True)
+class Fix:
+    """A change that removes a finding, what it costs and the command that makes it."""
+
+    area: str  # the verdict area it addresses
+    change: str
+    cost: str  # in words: FLOPs and parameters before -> after, or "changes the function: fine-tune"
+    effect: str  # what it achieves, measured
+    command: str
+    flops_ratio: float | None = None
+    params_ratio: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"area": self.area, "change": self.change, "cost": self.cost, "effect": self.effect,
+                "command": self.command, "flops_ratio": self.flops_ratio, "params_ratio": self.params_ratio}
+
+
+@dataclass
+class Audit:
+    """Every analysis of ``model`` at ``input_size``. ``last_layer``: the module whose output is the model's last
+    spatial map (``"output"`` when that map has no module of its own); its centre unit is the one the ERF maps
+    follow. ``erf``/``dead_pixels.erf`` exist only with gradients."""
+
+    model: str
+    input_size: tuple[int, ...]
+    rf: ReceptiveFields
+    border: BorderReport
+    padding: PaddingReport
+    dead_pixels: DeadPixelReport
+    last_layer: str
+    structural_erf: Any  # rflens.erf.ERF: path counts into the last map's centre unit
+    erf: Any = None  # rflens.erf.ERF under the replknet protocol, with gradients
+    kernel_padded: DeadPixelReport | None = None  # the structural test after the kernel-padding fix
+    fixes: list[Fix] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    verdicts: list[Any] = field(default_factory=list)  # rflens.checks.Verdict, default thresholds
+
+    @property
+    def gradients(self) -> bool:
+        return self.erf is not None
+
+    @property
+    def final(self) -> LayerRF:
+        """The receptive field of the last spatial map (every op of the graph is in ``rf.nodes``)."""
+        from rflens.padding import last_map
+
+        return self.rf.nodes[last_map(self.rf.graph).id]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The union of the analyses' documents (each as its own command writes it) under one schema version."""
+        def without_model(doc: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in doc.items() if k not in ("model", "input_size")}
+
+        return {
+            "schema_version": SCHEMA_VERSION, "model": self.model, "input_size": list(self.input_size),
+            "verdicts": [v.to_dict() for v in self.verdicts], "last_layer": self.last_layer,
+            "rf": without_model(self.rf.to_dict()) | {"final": self.final.to_dict()},
+            "border": without_model(self.border.to_dict()),
+            "padding": without_model(self.padding.to_dict()),
+            "dead_pixels": without_model(self.dead_pixels.to_dict()),
+            "kernel_padded": None if self.kernel_padded is None else self.kernel_padded.structural.to_dict(),
+            "erf": {"structural": without_model(self.structural_erf.to_dict()),
+                    "gradient": None if self.erf is None else without_model(self.erf.to_dict())},
+            "fixes": [f.to_dict() for f in self.fixes], "notes": list(self.notes),
+        }
+
+
+def module_of(graph: Any, node_id: int) -> str:
+    """The outermost module whose output is node ``node_id`` (``"output"`` for the model itself or none)."""
+    names = [name for name, i in graph.module_outputs.items() if i == node_id]
+    if not names:
+        return "output"
+    name = min(names, key=lambda n: (n.count("."), len(n)))
+    return name or "output"
+
+
+def audit(model: Any, input_size: int | Sequence[int], *, in_channels: int | None = None, gradients: bool = False,
+          images: Any = None, n: int | None = None, device: str = "cpu", seed: int = 0, model_name: str | None = None,
+          model_spec: str | None = None, top: int = 3, progress: Progress | None = None) -> Audit:
+    """Audit ``model`` (an ``nn.Module``) at ``input_size``.
+
+    Weight-free: receptive fields, unproductive layers with their refinements, the padding audit with foveation
+    maps, culprit layers and the structural dead-pixel test, the structural map of the last map's centre unit,
+    and the kernel-padding fix (made and checked on ``device``). ``gradients``: the replknet-protocol ERF of that
+    unit and the weighted (kim) dead-pixel test on ``images`` (a folder; default ``n`` seeded noise images), run
+    on ``device``. ``model_spec`` (``timm:resnet50``...) goes into the suggested commands; ``top``: how many
+    refinements are listed. ``progress(stage, done, total)`` is told about each stage."""
+    from rflens.border import border_report
+    from rflens.capture import capture
+    from rflens.checks import verdicts
+    from rflens.deadpixel import dead_pixel_test
+    from rflens.erf import erf, structural
+    from rflens.padding import last_map, padding_report
+    from rflens.rf import analyse
+
+    name = model_name if model_name is not None else type(model).__name__
+    stages = ["receptive fields", "unproductive layers", "padding", "dead pixels", "kernel padding",
+              "structural map"] + (["gradient ERF", "weighted dead-pixel test"] if gradients else [])
+    step = iter(range(len(stages) + 1))
+
+    def stage(label: str) -> None:
+        if progress is not None:
+            progress("audit", next(step), len(stages))
+
+    stage("receptive fields")
+    trace_on = "meta"
+    try:
+        graph = capture(model, input_size, in_channels=in_channels, device=trace_on)
+    except MetaDeviceError:  # the forward needs real data: trace every analysis on the run device
+        trace_on = device
+        graph = capture(model, input_size, in_channels=in_channels, device=trace_on)
+    size, channels = graph.input_size, graph.input_shape[1]
+    rf = analyse(graph, name)
+    last_layer = module_of(graph, last_map(graph).id)
+    stage("unproductive layers")
+    border = border_report(model, size, in_channels=channels, device=trace_on, model_name=name, top=top)
+    stage("padding")
+    padding = padding_report(model, size, in_channels=channels, device=trace_on, model_name=name,
+                             progress=None if progress is None else lambda d, t: progress("padding", d, t))
+    stage("dead pixels")
+    dead = dead_pixel_test(model, size, in_channels=channels, device=device, model_name=name)
+    notes: list[str] = []
+    stage("kernel padding")
+    padded = _kernel_padded(model, size, channels, device, name, dead, notes)
+    stage("structural map")
+    structural_erf = structural(model, last_layer, input_size=size, in_channels=channels, model_name=name)
+    result = Audit(name, size, rf, border, padding, dead, last_layer, structural_erf, notes=notes)
+    if padded is not None:
+        result.kernel_padded = padded[1]
+    if gradients:
+        inputs = None if images in (None, "noise") else images
+        stage("gradient ERF")
+        result.erf = erf(model, last_layer, inputs=inputs, protocol="replknet", n=n, input_size=size,
+                         in_channels=channels, device=device, seed=seed, model_name=name,
+                         progress=None if progress is None else lambda d, t: progress("gradient ERF", d, t))
+        stage("weighted dead-pixel test")
+        weighted = dead_pixel_test(model, size, in_channels=channels, weighted=True, inputs=inputs, n=n,
+                                   device=device, seed=seed, model_name=name,
+                                   progress=progress)
+        result.dead_pixels = weighted
+    result.fixes = fixes(result, padded[0] if padded is not None else None, model_spec or name)
+    result.verdicts = verdicts(result)
+    if progress is not None:
+        progress("audit", len(stages), len(stages))
+    return result
+
+
+def _kernel_padded(model: Any, size: tuple[int, ...], channels: int, device: str, name: str,
+                   dead: DeadPixelReport, notes: list[str]) -> tuple[Any, DeadPixelReport] | None:
+    """The kernel-padding fix of the culprit layers (checked by :func:`rflens.transforms.kernel_pad`) and the
+    structural test of the padded model; None without culprits or when no culprit can be padded."""
+    from rflens.deadpixel import dead_pixel_test
+    from rflens.transforms import kernel_pad
+
+    if not dead.culprits:
+        return None
+    try:
+        fix = kernel_pad(model, size, in_channels=channels, device=device, model_name=name)
+    except RflensError as exc:
+        notes.append(f"kernel padding could not be checked: {exc}")
+        return None
+    if not fix.changes:
+        return None
+    return fix, dead_pixel_test(fix.model, size, in_channels=channels, device=device,
+                                model_name=f"{name} (kernel-padded)")
+
+
+def _ratios(before: tuple[int, int], after: tuple[int, int]) -> tuple[float | None, float | None]:
+    return tuple(a / b if b else None for a, b in zip(after, before, strict=True))  # type: ignore[return-value]
+
+
+def _cost(flops_ratio: float | None, params_ratio: float | None) -> str:
+    def pct(x: float | None) -> str:
+        return "?" if x is None else f"{x - 1:+.1%}"
+
+    return f"FLOPs {pct(flops_ratio)}, parameters {pct(params_ratio)}"
+
+
+def fixes(result: Audit, kernel_fix: Any, spec: str) -> list[Fix]:
+    """The changes that address the audit's findings, cheapest evidence first within each area: refinements
+    that remove unproductive layers, the nearest input size without uneven padding, a padding mode that evens
+    out the foveation, and kernel padding against the checkerboard."""
+    from rflens.capture import capture
+
+    size = "x".join(map(str, result.input_size))
+    base = f"{spec} --input-size {size}"
+    out: list[Fix] = []
+    border = result.border
+    for i, s in enumerate(border.suggestions, 1):
+        out.append(Fix("unproductive layers", s.change, _cost(s.flops_ratio, s.params_ratio),
+                       f"{len(s.unproductive_after)} unproductive layers left (from {len(border.unproductive)})",
+                       f"rflens border {base} --apply {i} --out recipe.json" if s.applicable is None
+                       else f"by hand: {s.applicable}", s.flops_ratio, s.params_ratio))
+    suggested = result.padding.suggested_size()
+    if result.padding.uneven and suggested is not None and border.resolutions is not None:
+        try:
+            flops = border.resolutions.graph_at(suggested).flops
+        except RflensError:
+            flops = None
+        ratio = flops / border.total_flops if flops and border.total_flops else None
+        new = "x".join(map(str, suggested))
+        out.append(Fix("padding", f"feed {new} instead of {size}", _cost(ratio, 1.0),
+                       f"no uneven layer (from {len(result.padding.uneven)})",
+                       f"rflens audit {spec} --input-size {new}", ratio, 1.0))
+    maps = {m.mode: m for m in result.padding.foveation}
+    if "model" in maps and "reflect" in maps and result.padding.layers:
+        before, after = maps["model"].stats, maps["reflect"].stats
+        if before.border_ratio < after.border_ratio:
+            out.append(Fix("padding", "reflect padding in every padded convolution",
+                           "FLOPs +0.0%, parameters +0.0%; changes the function: fine-tune",
+                           f"foveation border/centre {before.border_ratio:.2f} -> {after.border_ratio:.2f}, "
+                           f"asymmetry {max(before.asymmetry):.2f} -> {max(after.asymmetry):.2f}",
+                           f"rflens fix padding-mode reflect {base} --out fixed/", 1.0, 1.0))
+    if kernel_fix is not None and result.kernel_padded is not None:
+        graph = capture(kernel_fix.model, result.input_size, in_channels=result.rf.graph.input_shape[1],
+                        device="meta")
+        ratios = _ratios((border.total_flops, border.total_params), (graph.flops, graph.params))
+        before, after = result.dead_pixels.structural.indices, result.kernel_padded.structural.indices
+        same = "same function" if kernel_fix.exact else "changes the function (widened poolings): fine-tune"
+        out.append(Fix("dead pixels", f"pad the kernels of {len(kernel_fix.changes)} culprit layers to a multiple "
+                       "of the stride", f"{_cost(*ratios)}; {same}",
+                       f"structural L1 {before.l1:.3g} -> {after.l1:.3g}, checkerboard "
+                       f"{before.period or 'none'} -> {after.period or 'none'}",
+                       f"rflens fix kernel-pad {base} --out fixed/", *ratios))
+    return out
