@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rflens.border import BorderReport
+from rflens.border import BorderReport, per_axis_text
 from rflens.deadpixel import DeadPixelReport
 from rflens.errors import MetaDeviceError, RflensError
 from rflens.padding import PaddingReport
@@ -68,10 +68,12 @@ class Audit:
 
     @property
     def final(self) -> LayerRF:
-        """The receptive field of the last spatial map (every op of the graph is in ``rf.nodes``)."""
+        """The receptive field of the last spatial map, under its module's name (the op's when it has none)."""
         from rflens.padding import last_map
 
-        return self.rf.nodes[last_map(self.rf.graph).id]
+        node = last_map(self.rf.graph).id
+        name = "" if self.last_layer == "output" else self.last_layer
+        return next((x for x in self.rf.layers if x.name == name and x.node == node), self.rf.nodes[node])
 
     def to_dict(self) -> dict[str, Any]:
         """The union of the analyses' documents (each as its own command writes it) under one schema version."""
@@ -121,13 +123,17 @@ def audit(model: Any, input_size: int | Sequence[int], *, in_channels: int | Non
     from rflens.rf import analyse
 
     name = model_name if model_name is not None else type(model).__name__
-    stages = ["receptive fields", "unproductive layers", "padding", "dead pixels", "kernel padding",
-              "structural map"] + (["gradient ERF", "weighted dead-pixel test"] if gradients else [])
-    step = iter(range(len(stages) + 1))
+    running: list[str] = []
 
-    def stage(label: str) -> None:
-        if progress is not None:
-            progress("audit", next(step), len(stages))
+    def stage(label: str | None) -> None:
+        """Marks the running stage done and ``label`` started (one progress task per stage)."""
+        if progress is None:
+            return
+        if running:
+            progress(running.pop(), 1, 1)
+        if label is not None:
+            running.append(label)
+            progress(label, 0, 1)
 
     stage("receptive fields")
     trace_on = "meta"
@@ -165,10 +171,9 @@ def audit(model: Any, input_size: int | Sequence[int], *, in_channels: int | Non
                                    device=device, seed=seed, model_name=name,
                                    progress=progress)
         result.dead_pixels = weighted
-    result.fixes = fixes(result, padded[0] if padded is not None else None, model_spec or name)
+    result.fixes = fixes(result, padded[0] if padded is not None else None, model_spec or name, trace_on)
     result.verdicts = verdicts(result)
-    if progress is not None:
-        progress("audit", len(stages), len(stages))
+    stage(None)
     return result
 
 
@@ -203,13 +208,13 @@ def _cost(flops_ratio: float | None, params_ratio: float | None) -> str:
     return f"FLOPs {pct(flops_ratio)}, parameters {pct(params_ratio)}"
 
 
-def fixes(result: Audit, kernel_fix: Any, spec: str) -> list[Fix]:
+def fixes(result: Audit, kernel_fix: Any, spec: str, trace_on: str = "meta") -> list[Fix]:
     """The changes that address the audit's findings, cheapest evidence first within each area: refinements
     that remove unproductive layers, the nearest input size without uneven padding, a padding mode that evens
     out the foveation, and kernel padding against the checkerboard."""
     from rflens.capture import capture
 
-    size = "x".join(map(str, result.input_size))
+    size = per_axis_text(result.input_size)
     base = f"{spec} --input-size {size}"
     out: list[Fix] = []
     border = result.border
@@ -225,7 +230,7 @@ def fixes(result: Audit, kernel_fix: Any, spec: str) -> list[Fix]:
         except RflensError:
             flops = None
         ratio = flops / border.total_flops if flops and border.total_flops else None
-        new = "x".join(map(str, suggested))
+        new = per_axis_text(suggested)
         out.append(Fix("padding", f"feed {new} instead of {size}", _cost(ratio, 1.0),
                        f"no uneven layer (from {len(result.padding.uneven)})",
                        f"rflens audit {spec} --input-size {new}", ratio, 1.0))
@@ -240,7 +245,7 @@ def fixes(result: Audit, kernel_fix: Any, spec: str) -> list[Fix]:
                            f"rflens fix padding-mode reflect {base} --out fixed/", 1.0, 1.0))
     if kernel_fix is not None and result.kernel_padded is not None:
         graph = capture(kernel_fix.model, result.input_size, in_channels=result.rf.graph.input_shape[1],
-                        device="meta")
+                        device=trace_on)
         ratios = _ratios((border.total_flops, border.total_params), (graph.flops, graph.params))
         before, after = result.dead_pixels.structural.indices, result.kernel_padded.structural.indices
         same = "same function" if kernel_fix.exact else "changes the function (widened poolings): fine-tune"

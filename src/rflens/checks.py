@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rflens.border import per_axis_text
 from rflens.errors import RflensError
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
@@ -54,7 +55,7 @@ def _rf_cover(audit: Any) -> Measure:
         return Measure(0.0, f"the last map ({audit.last_layer}) has no local path to the input", PROBLEM)
     ratio = min(r / n for r, n in zip(final.rf, audit.input_size, strict=True))
     level = OK if ratio >= 1 else WARNING if ratio >= 0.5 else PROBLEM
-    return Measure(ratio, f"receptive field {_size(final.rf)} of the last map ({audit.last_layer}) is "
+    return Measure(ratio, f"receptive field {per_axis_text(final.rf)} of the last map ({audit.last_layer}) is "
                           f"{ratio:.2f}x the {_size(audit.input_size)} input", level)
 
 
@@ -86,17 +87,22 @@ def _uneven(audit: Any) -> Measure:
 
 
 def _dead(audit: Any) -> Measure:
-    """The checkerboard strength of the weighted map when there is one (Kim et al. test the trained ERF), else of
-    the structural map; 0 without a checkerboard."""
+    """The strongest checkerboard of the dead-pixel test's maps: the structural one (the architecture) and, with
+    gradients, the kim-protocol ERF (Kim et al. test the trained network's); 0 without a checkerboard. The verdict
+    is the worse of the maps'."""
     d = audit.dead_pixels
-    test = d.erf if d.erf is not None else d.structural
-    idx = test.indices
-    strength = (idx.strength or 0.0) if idx.checkerboard else 0.0
-    text = (f"{len(d.culprits)} culprit layers; {test.kind} map: "
-            + (f"checkerboard with period {idx.period} px, strength {strength:.2f}" if idx.checkerboard
-               else "no checkerboard")
-            + f", {idx.dead_share:.2%} dead pixels, L1 {idx.l1:.3g}")
-    return Measure(strength, text, PROBLEM if idx.dead_share >= 0.01 else WARNING if idx.checkerboard else OK)
+    tests = [d.structural] + ([d.erf] if d.erf is not None else [])
+    parts, strengths, levels = [], [], []
+    for test in tests:
+        idx = test.indices
+        strength = (idx.strength or 0.0) if idx.checkerboard else 0.0
+        strengths.append(strength)
+        levels.append(PROBLEM if idx.dead_share >= 0.01 else WARNING if idx.checkerboard else OK)
+        parts.append(f"{test.kind} map: " + (f"checkerboard with period {idx.period} px, strength {strength:.2f}"
+                                             if idx.checkerboard else "no checkerboard")
+                     + f", {idx.dead_share:.2%} dead pixels, L1 {idx.l1:.3g}")
+    level = max(levels, key=(OK, WARNING, PROBLEM).index)
+    return Measure(max(strengths), f"{len(d.culprits)} culprit layers; " + "; ".join(parts), level)
 
 
 def _erf_cover(audit: Any) -> Measure | None:
@@ -186,9 +192,17 @@ def check(audit: Any, rules: Iterable[str] = DEFAULT_RULES, limits: Mapping[str,
         m = rule.measure(audit)
         if m is None:
             raise RflensError(f"rule {name!r} needs the gradient analyses: give --weights or --erf")
-        limit = float(limits.get(name, rule.limit))
-        out.append(Outcome(name, not rule.fails(m.value, limit), m.value, limit, m.text))
+        bound = limit(name, limits.get(name, rule.limit))
+        out.append(Outcome(name, not rule.fails(m.value, bound), m.value, bound, m.text))
     return out
+
+
+def limit(name: str, value: float) -> float:
+    """A rule's limit, checked: NaN compares false with everything, so it would pass every value."""
+    rule_named(name)
+    if math.isnan(value):
+        raise RflensError(f"the limit of {name} must be a number, got NaN")
+    return float(value)
 
 
 def rule_named(name: str) -> Rule:
@@ -238,13 +252,16 @@ def load_config(path: str | Path) -> Config:
                     in_channels=table.get("in-channels"), model_args=dict(table.get("model-args", {})),
                     weights=_relative_file(table.get("weights"), path.parent))
     if "rules" in table:
-        config.rules = list(table["rules"])
+        rules = table["rules"]
+        if not isinstance(rules, list) or not rules or not all(isinstance(r, str) for r in rules):
+            raise RflensError(f"{path}: rules must be a non-empty list of rule names, got {rules!r}")
+        config.rules = rules
     thresholds = table.get("thresholds", {})
     for name, value in thresholds.items():
         rule_named(name)
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise RflensError(f"{path}: threshold {name} must be a number, got {value!r}")
-        config.limits[name] = float(value)
+        config.limits[name] = limit(name, value)
     for name in config.rules:
         rule_named(name)
     return config

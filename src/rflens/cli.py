@@ -53,6 +53,18 @@ def _add_image_args(p: argparse.ArgumentParser, inputs_help: str) -> None:
     p.add_argument("--noise-seed", type=int, default=0, help="seed of the noise images (default 0)")
 
 
+def _add_gradient_args(p: argparse.ArgumentParser) -> None:
+    """When an audit runs its gradient analyses, and on which images."""
+    p.add_argument("--images", default=None, metavar="DIR", help="a folder of pictures for the gradient analyses "
+                                                                  "(turns them on)")
+    p.add_argument("--erf", action="store_true", help="run the gradient analyses (on by default with --weights, "
+                                                      "--images or a rule that needs them; noise images unless "
+                                                      "--images)")
+    p.add_argument("--n", type=_positive, default=None,
+                   help="images for the gradient analyses (default 50 noise images, or every picture of --images)")
+    p.add_argument("--noise-seed", type=int, default=0, help="seed of the noise images (default 0)")
+
+
 def _add_pools_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pools", choices=["auto", "widen", "keep"], default="auto",
                    help="poolings under kernel padding: widen only if a checkerboard survives (auto, default), "
@@ -185,13 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "details and the fixes with their costs.")
     _add_model_args(a, device="cpu", device_help="where the kernel-padding check and the gradient analyses run: cpu "
                                                  "(default) or cuda (the geometry is traced on meta)")
-    a.add_argument("--images", default=None, metavar="DIR", help="a folder of pictures for the gradient analyses "
-                                                                  "(turns them on)")
-    a.add_argument("--erf", action="store_true", help="run the gradient analyses (on by default with --weights "
-                                                      "or --images; noise images unless --images)")
-    a.add_argument("--n", type=_positive, default=None,
-                   help="images for the gradient analyses (default 50 noise images, or every picture of --images)")
-    a.add_argument("--noise-seed", type=int, default=0, help="seed of the noise images (default 0)")
+    _add_gradient_args(a)
     a.add_argument("--top", type=_positive, default=3, help="how many refinements to list (default 3)")
     a.add_argument("--html", type=Path, default=None, help="write the self-contained HTML report to this file")
     a.add_argument("--json", action="store_true", help="print JSON instead of the terminal report")
@@ -212,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the limit of a rule (repeatable; overrides the configured one)")
     c.add_argument("--config", type=Path, default=None,
                    help="pyproject.toml with a [tool.rflens] table (default: ./pyproject.toml when present)")
-    c.add_argument("--erf", action="store_true", help="run the gradient analyses (needed by erf-coverage)")
+    _add_gradient_args(c)
     c.add_argument("--json", action="store_true", help="print the outcomes as JSON")
     c.set_defaults(run=_run_check)
 
@@ -460,8 +466,8 @@ def _load(args: argparse.Namespace, console: Console):
     from rflens.sources import load_model, parse_model_args
 
     with console.status(f"building {args.model}", spinner="dots"):
-        model = load_model(args.model, model_args=parse_model_args(args.model_arg), weights=args.weights,
-                           seed=args.seed)
+        model_args = {**getattr(args, "model_kwargs", {}), **parse_model_args(args.model_arg)}
+        model = load_model(args.model, model_args=model_args, weights=args.weights, seed=args.seed)
     return model if args.device == "meta" else _to_device(model, args.device)
 
 
@@ -603,25 +609,25 @@ def _run_padding(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _audit(args: argparse.Namespace, console: Console, gradients: bool, images: str | None = None):
-    """Build the model of ``args`` and audit it, with progress bars on stderr."""
+def _audit(args: argparse.Namespace, console: Console, gradients: bool):
+    """Build the model of ``args`` and audit it (gradients also with --erf, --weights or --images), with
+    progress bars on stderr."""
     from rflens.audit import audit
     from rflens.sources import describe
 
+    gradients = gradients or args.erf or args.weights is not None or args.images is not None
     model = _load(args, console)
     bar, progress = _progress_bar(Console(stderr=True))
     with bar:
-        return audit(model, args.input_size, in_channels=args.in_channels, gradients=gradients, images=images,
-                     n=getattr(args, "n", None), device=args.device, seed=getattr(args, "noise_seed", 0),
-                     model_name=describe(args.model), model_spec=args.model, top=getattr(args, "top", 3),
-                     progress=progress)
+        return audit(model, args.input_size, in_channels=args.in_channels, gradients=gradients, images=args.images,
+                     n=args.n, device=args.device, seed=args.noise_seed, model_name=describe(args.model),
+                     model_spec=args.model, top=getattr(args, "top", 3), progress=progress)
 
 
 def _run_audit(args: argparse.Namespace, console: Console) -> int:
     from rflens.report.audit import details, headline, verdict_lines
 
-    gradients = args.erf or args.weights is not None or args.images is not None
-    result = _audit(args, console, gradients, args.images)
+    result = _audit(args, console, gradients=False)
     if args.html is not None:
         from rflens.report.html import write_html
 
@@ -640,7 +646,7 @@ def _run_audit(args: argparse.Namespace, console: Console) -> int:
 
 
 def _run_check(args: argparse.Namespace, console: Console) -> int:
-    from rflens.checks import Config, check, load_config, rule_named
+    from rflens.checks import Config, check, limit, load_config, rule_named
     from rflens.report.audit import outcome_lines
 
     path = args.config if args.config is not None else Path("pyproject.toml")
@@ -652,20 +658,20 @@ def _run_check(args: argparse.Namespace, console: Console) -> int:
         raise RflensError("no model: give one on the command line or as model in [tool.rflens] of pyproject.toml")
     if args.input_size is None:
         size = config.input_size if config.input_size is not None else 224
-        args.input_size = parse_input_size(str(size)) if not isinstance(size, list) else tuple(size)
+        try:
+            args.input_size = parse_input_size("x".join(map(str, size)) if isinstance(size, list) else str(size))
+        except argparse.ArgumentTypeError as exc:
+            raise RflensError(f"{path}: input-size in [tool.rflens]: {exc}") from None
     args.in_channels = args.in_channels if args.in_channels is not None else config.in_channels
     args.weights = args.weights if args.weights is not None else config.weights
-    if not args.model_arg:
-        args.model_arg = [f"{k}={v}" for k, v in config.model_args.items()]
+    args.model_kwargs = config.model_args  # --model-arg KEY=VALUE overrides them one by one
     rules = args.rule if args.rule else config.rules
     limits = dict(config.limits)
     for name, value in args.threshold:
-        rule_named(name)
-        limits[name] = value
+        limits[name] = limit(name, value)
     for name in rules:
         rule_named(name)
-    gradients = args.erf or args.weights is not None or any(rule_named(r).needs_gradients for r in rules)
-    result = _audit(args, console, gradients)
+    result = _audit(args, console, gradients=any(rule_named(r).needs_gradients for r in rules))
     outcomes = check(result, rules, limits)
     failed = [o for o in outcomes if not o.passed]
     if args.json:

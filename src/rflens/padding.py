@@ -329,7 +329,11 @@ def last_map(graph: Graph) -> Node:
     (a classifier's pooled features, and a head of 1x1 convolutions on them, see every unit of it alike)."""
     node = output_node(graph)
     while node.inputs and all(n == 1 for n in node.sizes) and any(n > 1 for n in graph.input_size):
-        node = graph.nodes[node.inputs[0]]  # a pooled head (a global mean, a 1x1 convolution on it)
+        source = graph.nodes[node.inputs[0]]
+        pooled = any(read is None for read in node.reads[0]) or all(n == 1 for n in source.sizes)
+        if not pooled:  # a window that covers its whole input (LeNet's last convolution): a map of one unit
+            break
+        node = source  # a pooled head (a global mean, a 1x1 convolution or a classifier on it)
     return node
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from rich.table import Table
-
 from rflens.audit import Audit, Fix
 from rflens.checks import Outcome, Verdict
 
@@ -34,13 +32,13 @@ def stage_layers(audit: Audit) -> list[Any]:
     return [x for x in audit.rf.layers if x.name and "." not in x.name]
 
 
-def fix_table(fixes: Sequence[Fix]) -> Table:
-    table = Table(title="fixes", title_justify="left", header_style="bold")
-    for column in ("area", "change", "cost", "effect", "command"):
-        table.add_column(column)
-    for f in fixes:
-        table.add_row(f.area, f.change, f.cost, f.effect, f.command)
-    return table
+def fix_lines(fixes: Sequence[Fix]) -> str:
+    """Numbered fixes: area, change, cost and effect on one line, the command under it."""
+    lines = ["[bold]fixes[/] (cost; effect)"]
+    for i, f in enumerate(fixes, 1):
+        lines.append(f"{i}. {f.area}: {f.change}; {f.cost}; {f.effect}")
+        lines.append(f"   [dim]$[/] {f.command}")
+    return "\n".join(lines)
 
 
 def details(audit: Audit) -> Iterator[Any]:
@@ -70,7 +68,7 @@ def details(audit: Audit) -> Iterator[Any]:
     yield erf.erf_table([audit.structural_erf] + ([audit.erf] if audit.erf is not None else []))
     if audit.fixes:
         yield ""
-        yield fix_table(audit.fixes)
+        yield fix_lines(audit.fixes)
     yield from (f"note: {n}" for n in audit.notes)
 
 

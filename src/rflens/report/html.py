@@ -20,11 +20,7 @@ from rflens.report.table import per_axis
 @dataclass(frozen=True)
 class Cell:
     text: str
-    key: float | str  # what the column sorts by: a number where the column is numeric
-
-    @property
-    def numeric(self) -> bool:
-        return isinstance(self.key, int | float)
+    key: float | str  # what the column sorts by: a number where the column is numeric ("" sorts last)
 
 
 def _num_key(values: Sequence[Any]) -> float | str:
@@ -41,6 +37,7 @@ def _axes_cell(values: Sequence[Any] | None) -> Cell:
     return Cell(per_axis(values), _num_key(values))
 
 
+NUMBER_COLUMNS = frozenset({"output", "rf", "rf_min", "stride", "padding", "FLOPs", "params"})  # right-aligned
 LAYER_COLUMNS = ("layer", "op", "output", "rf", "rf_min", "stride", "padding", "status", "FLOPs", "params",
                  "padding effect", "coverage")
 
@@ -113,7 +110,8 @@ def render(audit: Audit) -> str:
     uneven = [r for r in audit.padding.layers if r.uneven]
     return env.get_template("audit.html.j2").render(
         audit=audit, size="x".join(map(str, audit.input_size)), version=__version__,
-        columns=LAYER_COLUMNS, rows=layer_rows(audit), figures=figures(audit), uneven=uneven,
+        columns=LAYER_COLUMNS, number_columns=NUMBER_COLUMNS, rows=layer_rows(audit), figures=figures(audit),
+        uneven=uneven,
         foveation=audit.padding.foveation, culprits=audit.dead_pixels.culprits, fixes=audit.fixes,
         even=audit.padding.even, suggested=audit.padding.suggested_size())
 
