@@ -151,7 +151,9 @@ def test_module_of_prefers_the_outermost_name(resnet18_audit):
     _, result = resnet18_audit
     graph = result.rf.graph
     assert module_of(graph, graph.module_outputs["layer4"]) == "layer4"  # not layer4.1 or layer4.1.relu
-    assert module_of(graph, 10 ** 6) == "output"
+    assert module_of(graph, 10 ** 6) is None
+    seq = capture(nn.Sequential(nn.Conv2d(3, 4, 3)), 16)
+    assert module_of(seq, seq.module_outputs[""]) == "output"  # the model's own output (and its only conv's)
 
 
 # -- the command line ------------------------------------------------------------------------------------------
@@ -224,3 +226,77 @@ def test_progress_reports_every_stage_start_and_end():
         assert (stage, 1, 1) in calls
     assert any(stage == "padding" and total and total > 1 for stage, _, total in calls)  # the size search
     assert any(stage == "gradient ERF" and done == 2 for stage, done, _ in calls)  # the images
+
+
+# -- review regressions ------------------------------------------------------------------------------------------
+class AddHead(nn.Module):
+    """The last map is a functional add: no module returns it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.fc = nn.Conv2d(3, 8, 3, 2, 1), nn.Conv2d(3, 8, 1, 2), nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc((self.a(x) + self.b(x)).mean((2, 3)))
+
+
+def test_last_map_without_a_module_keeps_its_node():
+    result = audit(AddHead(), 32, gradients=True, n=2)
+    assert result.final.rf == (3, 3) and result.last_layer == "add in '(model)'"
+    assert result.structural_erf.unit == (8, 8) and result.structural_erf.trf_box == ((15, 17), (15, 17))
+    assert result.erf is None and any("no gradient ERF" in n for n in result.notes)
+    assert result.gradients and result.dead_pixels.erf is not None
+
+
+def test_a_pooling_over_the_whole_map_is_a_global_pooling():
+    class Head(nn.Module):
+        def __init__(self, pool):
+            super().__init__()
+            self.layer, self.pool, self.fc = nn.Conv2d(3, 8, 3, 2, 1), pool, nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.fc(self.pool(self.layer(x)).flatten(1))
+
+    adaptive, window = audit(Head(nn.AdaptiveAvgPool2d(1)), 16), audit(Head(nn.AvgPool2d(8)), 16)
+    assert adaptive.last_layer == window.last_layer == "layer" and adaptive.final.rf == window.final.rf == (3, 3)
+
+
+def test_even_size_search_covers_sizes_outside_the_default_range():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1))
+    # 21 -> 11 -> 6: both windows even; 17 is even too but further; 19 leaves a row
+    assert audit(model, 20).padding.suggested_size() == (21, 21)
+
+
+def test_reflect_fix_only_where_the_command_can_make_it():
+    class OwnPad(nn.Conv2d):  # pads in its own forward: padding_mode cannot change it
+        def forward(self, x):
+            return nn.functional.conv2d(nn.functional.pad(x, (1, 1, 1, 1)), self.weight, self.bias, 2)
+
+    own = nn.Sequential(OwnPad(3, 4, 3), nn.ReLU(), OwnPad(4, 4, 3))
+    assert not any("reflect" in f.change for f in audit(own, 32).fixes)
+    plain = audit(strided_net(), 32)
+    reflect = next(f for f in plain.fixes if "reflect" in f.change)
+    assert reflect.change == "reflect padding in 3 padded convolutions"
+
+
+def test_an_analysis_that_cannot_run_is_a_note():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, 1, 1), nn.AdaptiveAvgPool2d(1), nn.Upsample(scale_factor=16))
+    result = audit(model, 16)
+    assert any("no model foveation map" in n for n in result.padding.notes)
+
+
+def test_cli_commands_repeat_the_model_options(capsys, tmp_path):
+    factory = tmp_path / "nets.py"
+    factory.write_text("from torch import nn\n\n\ndef build(width=8, label='x'):\n    assert label == '2024'\n"
+                       "    return nn.Sequential(nn.Conv2d(3, width, 3, 2, 1), nn.ReLU(), nn.Conv2d(width, 4, 3, 2, 1))"
+                       "\n")
+    code, out, err = run(capsys, "audit", f"{factory}:build", "--input-size", "32", "--model-arg", "width=6",
+                         "--model-arg", "label='2024'", "--json")
+    assert code == 0, err
+    command = next(f["command"] for f in json.loads(out)["fixes"] if f["command"].startswith("rflens fix kernel"))
+    import shlex
+
+    argv = shlex.split(command)[1:]
+    assert argv[argv.index("--model-arg") + 1] == "width=6" and "label='2024'" in argv
+    code, _, err = run(capsys, *[a for a in argv if a != "--out"][:-1], "--out", str(tmp_path / "fixed"))
+    assert code == 0, err  # the printed command builds the same model and runs

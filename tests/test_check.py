@@ -15,6 +15,7 @@ import textwrap
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from test_cli import run
 
 from rflens import checks
@@ -47,6 +48,17 @@ class Gated(nn.Module):
         return y * torch.sigmoid(y.mean((2, 3), keepdim=True))
 
 
+class Broadcast(nn.Module):
+    """The global mean spread over the map again: every unit sees everything, through the global op only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return F.interpolate(self.conv(x).mean((2, 3), keepdim=True), size=x.shape[-2:])
+
+
 def box() -> nn.Sequential:
     """One 5x5 convolution with equal weights: the gradient of a unit is 1 on each of its 25 pixels."""
     conv = nn.Conv2d(1, 1, 5, padding=2)
@@ -63,6 +75,7 @@ MODELS = {
     "down2": lambda: convs(DOWN2, DOWN2),
     "down4": lambda: convs(DOWN4, DOWN4),
     "gated": Gated,
+    "broadcast": Broadcast,
     "pooled": lambda: nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                     nn.Linear(3, 2)),
     "box": box,
@@ -95,7 +108,9 @@ def outcome(name: str, size: int, rule: str, limit: float | None = None, gradien
     ("rf-below-input", "down2", 32, 4 / 32, False),  # 2 + 1 * 2
     ("rf-below-input", "two-same", 5, 1.0, True),  # exactly the input: at least 1, passes
     ("rf-below-input", "four-same", 8, 9 / 8, True),
-    ("rf-below-input", "gated", 32, math.inf, True),  # a global mean multiplies the map: global
+    # a global mean multiplies the map: context from everywhere, but the local field (3) decides
+    ("rf-below-input", "gated", 32, 3 / 32, False),
+    ("rf-below-input", "broadcast", 32, math.inf, True),  # no local path left: global
     ("rf-below-input", "pooled", 8, 3 / 8, False),  # a global pooling head: the map it pools is the last map
     # rfs 3, 5, ..., 13 at 8 px: layer 4 (9 > 8, reads 7 < 8) is critical, layers 5 and 6 read maps that see >= 8
     ("unproductive-layers", "six-same", 8, 2, False),
@@ -139,7 +154,7 @@ def test_default_rules_are_checked_in_order():
 
 
 def test_global_value_is_written_as_inf():
-    result = outcome("gated", 32, "rf-below-input")
+    result = outcome("broadcast", 32, "rf-below-input")
     assert result.line().startswith("PASS rf-below-input: inf (limit: at least 1)")
     assert json.loads(json.dumps(result.to_dict()))["value"] == "inf"
 
@@ -473,5 +488,21 @@ def test_rf_of_a_final_convolution_that_sees_the_whole_input(name, size):
 
 @pytest.mark.parametrize("rules", ['"dead-pixels"', "[]", "[1]"])
 def test_load_config_wants_a_list_of_rule_names(tmp_path, rules):
-    with pytest.raises(RflensError, match="non-empty list of rule names"):
+    with pytest.raises(RflensError, match="rules"):
         load_config(write_config(tmp_path, f"rules = {rules}\n"))
+
+
+def test_cli_model_ignores_the_configured_models_build_options(capsys, project, monkeypatch):
+    write_config(project, 'model = "models.py:build"\nmodel-args = {kind = "strided"}\nweights = "missing.pt"\n'
+                          'rules = ["uneven-padding"]\n')
+    monkeypatch.chdir(project)
+    code, lines, _, err = check_cli(capsys, "torchvision:resnet18", "--input-size", "64")
+    assert code == 1 and set(lines) == {"uneven-padding"}, err  # resnet18 built plainly, the configured rules
+
+
+@pytest.mark.parametrize("body", ['model = 5\n', 'thresholds = 5\n', 'model-args = 5\n', 'in-channels = "3"\n'])
+def test_cli_config_of_the_wrong_type_exits_2(capsys, project, monkeypatch, body):
+    write_config(project, body)
+    monkeypatch.chdir(project)
+    code, _, out, err = check_cli(capsys, "models.py:build")
+    assert code == 2 and "wrong type" in err and out == ""

@@ -61,10 +61,7 @@ class Audit:
     fixes: list[Fix] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     verdicts: list[Any] = field(default_factory=list)  # rflens.checks.Verdict, default thresholds
-
-    @property
-    def gradients(self) -> bool:
-        return self.erf is not None
+    gradients: bool = False  # the gradient analyses ran (``erf`` stays None when the last map has no module)
 
     @property
     def final(self) -> LayerRF:
@@ -94,13 +91,13 @@ class Audit:
         }
 
 
-def module_of(graph: Any, node_id: int) -> str:
-    """The outermost module whose output is node ``node_id`` (``"output"`` for the model itself or none)."""
+def module_of(graph: Any, node_id: int) -> str | None:
+    """The outermost module whose output is node ``node_id`` (``"output"`` for the model itself), None when no
+    module returns it (a functional op in a ``forward``)."""
     names = [name for name, i in graph.module_outputs.items() if i == node_id]
     if not names:
-        return "output"
-    name = min(names, key=lambda n: (n.count("."), len(n)))
-    return name or "output"
+        return None
+    return min(names, key=lambda n: (n.count("."), len(n))) or "output"
 
 
 def audit(model: Any, input_size: int | Sequence[int], *, in_channels: int | None = None, gradients: bool = False,
@@ -112,14 +109,15 @@ def audit(model: Any, input_size: int | Sequence[int], *, in_channels: int | Non
     maps, culprit layers and the structural dead-pixel test, the structural map of the last map's centre unit,
     and the kernel-padding fix (made and checked on ``device``). ``gradients``: the replknet-protocol ERF of that
     unit and the weighted (kim) dead-pixel test on ``images`` (a folder; default ``n`` seeded noise images), run
-    on ``device``. ``model_spec`` (``timm:resnet50``...) goes into the suggested commands; ``top``: how many
+    on ``device``. ``model_spec``: the model as the suggested commands name it (``timm:resnet50``, with the options
+that build it: ``--model-arg``, ``--weights``...; default: ``model_name``); ``top``: how many
     refinements are listed. ``progress(stage, done, total)`` is told about each stage."""
     from rflens.border import border_report
     from rflens.capture import capture
     from rflens.checks import verdicts
     from rflens.deadpixel import dead_pixel_test
-    from rflens.erf import erf, structural
-    from rflens.padding import last_map, padding_report
+    from rflens.erf import erf, structural_at
+    from rflens.padding import DEFAULT_RANGE, last_map, padding_report
     from rflens.rf import analyse
 
     name = model_name if model_name is not None else type(model).__name__
@@ -144,11 +142,15 @@ def audit(model: Any, input_size: int | Sequence[int], *, in_channels: int | Non
         graph = capture(model, input_size, in_channels=in_channels, device=trace_on)
     size, channels = graph.input_size, graph.input_shape[1]
     rf = analyse(graph, name)
-    last_layer = module_of(graph, last_map(graph).id)
+    last = last_map(graph)
+    last_module = module_of(graph, last.id)
+    last_layer = last_module or f"{last.op} in '{last.module or '(model)'}'"
     stage("unproductive layers")
     border = border_report(model, size, in_channels=channels, device=trace_on, model_name=name, top=top)
     stage("padding")
     padding = padding_report(model, size, in_channels=channels, device=trace_on, model_name=name,
+                             size_range=(min(DEFAULT_RANGE[0], max(1, min(size) // 2)),
+                                         max(DEFAULT_RANGE[1], 2 * max(size))),
                              progress=None if progress is None else lambda d, t: progress("padding", d, t))
     stage("dead pixels")
     dead = dead_pixel_test(model, size, in_channels=channels, device=device, model_name=name)
@@ -156,22 +158,27 @@ def audit(model: Any, input_size: int | Sequence[int], *, in_channels: int | Non
     stage("kernel padding")
     padded = _kernel_padded(model, size, channels, device, name, dead, notes)
     stage("structural map")
-    structural_erf = structural(model, last_layer, input_size=size, in_channels=channels, model_name=name)
-    result = Audit(name, size, rf, border, padding, dead, last_layer, structural_erf, notes=notes)
+    structural_erf = structural_at(graph, last.id, layer=last_layer, model_name=name)
+    result = Audit(name, size, rf, border, padding, dead, last_layer, structural_erf, notes=notes,
+                   gradients=gradients)
     if padded is not None:
         result.kernel_padded = padded[1]
     if gradients:
         inputs = None if images in (None, "noise") else images
         stage("gradient ERF")
-        result.erf = erf(model, last_layer, inputs=inputs, protocol="replknet", n=n, input_size=size,
-                         in_channels=channels, device=device, seed=seed, model_name=name,
-                         progress=None if progress is None else lambda d, t: progress("gradient ERF", d, t))
+        if last_module is None:
+            notes.append(f"no gradient ERF of the last map: it is the output of {last_layer}, not of a module of "
+                         "its own (rflens erf --layer NAME takes a module)")
+        else:
+            result.erf = erf(model, last_module, inputs=inputs, protocol="replknet", n=n, input_size=size,
+                             in_channels=channels, device=device, seed=seed, model_name=name,
+                             progress=None if progress is None else lambda d, t: progress("gradient ERF", d, t))
         stage("weighted dead-pixel test")
-        weighted = dead_pixel_test(model, size, in_channels=channels, weighted=True, inputs=inputs, n=n,
-                                   device=device, seed=seed, model_name=name,
-                                   progress=progress)
-        result.dead_pixels = weighted
-    result.fixes = fixes(result, padded[0] if padded is not None else None, model_spec or name, trace_on)
+        result.dead_pixels = dead_pixel_test(
+            model, size, in_channels=channels, weighted=True, inputs=inputs, n=n, device=device, seed=seed,
+            model_name=name, progress=None if progress is None else lambda s, d, t: progress(
+                "weighted dead-pixel test", d, t))
+    result.fixes = fixes(result, model, padded[0] if padded is not None else None, model_spec or name, trace_on)
     result.verdicts = verdicts(result)
     stage(None)
     return result
@@ -208,11 +215,12 @@ def _cost(flops_ratio: float | None, params_ratio: float | None) -> str:
     return f"FLOPs {pct(flops_ratio)}, parameters {pct(params_ratio)}"
 
 
-def fixes(result: Audit, kernel_fix: Any, spec: str, trace_on: str = "meta") -> list[Fix]:
-    """The changes that address the audit's findings, cheapest evidence first within each area: refinements
-    that remove unproductive layers, the nearest input size without uneven padding, a padding mode that evens
-    out the foveation, and kernel padding against the checkerboard."""
+def fixes(result: Audit, model: Any, kernel_fix: Any, spec: str, trace_on: str = "meta") -> list[Fix]:
+    """The changes that address the audit's findings of ``model``: refinements that remove unproductive layers,
+    the nearest input size without uneven padding, reflect padding where it evens out the foveation, and kernel
+    padding against the checkerboard. ``spec``: the model as the commands should name it."""
     from rflens.capture import capture
+    from rflens.transforms import padding_mode_edits
 
     size = per_axis_text(result.input_size)
     base = f"{spec} --input-size {size}"
@@ -237,11 +245,14 @@ def fixes(result: Audit, kernel_fix: Any, spec: str, trace_on: str = "meta") -> 
     maps = {m.mode: m for m in result.padding.foveation}
     if "model" in maps and "reflect" in maps and result.padding.layers:
         before, after = maps["model"].stats, maps["reflect"].stats
-        if before.border_ratio < after.border_ratio:
-            out.append(Fix("padding", "reflect padding in every padded convolution",
+        edits, _, skipped = padding_mode_edits(model, result.rf.graph, "reflect")
+        if edits and before.border_ratio < after.border_ratio:
+            caveat = (f" (what-if with every convolution reflected; {len(skipped)} cannot be changed and stay "
+                      "as they are)") if skipped else ""
+            out.append(Fix("padding", f"reflect padding in {len(edits)} padded convolutions",
                            "FLOPs +0.0%, parameters +0.0%; changes the function: fine-tune",
                            f"foveation border/centre {before.border_ratio:.2f} -> {after.border_ratio:.2f}, "
-                           f"asymmetry {max(before.asymmetry):.2f} -> {max(after.asymmetry):.2f}",
+                           f"asymmetry {max(before.asymmetry):.2f} -> {max(after.asymmetry):.2f}{caveat}",
                            f"rflens fix padding-mode reflect {base} --out fixed/", 1.0, 1.0))
     if kernel_fix is not None and result.kernel_padded is not None:
         graph = capture(kernel_fix.model, result.input_size, in_channels=result.rf.graph.input_shape[1],

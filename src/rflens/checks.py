@@ -47,16 +47,21 @@ def _size(sizes: Sequence[int]) -> str:
 
 
 def _rf_cover(audit: Any) -> Measure:
+    """The local receptive field of the last map over the input (smallest axis). Global ops (GroupNorm statistics,
+    squeeze-excitation, attention) add context from the whole input but no spatial detail: they are mentioned,
+    and decide only when no local path is left."""
     final = audit.final
-    if final.is_global:
-        return Measure(math.inf, f"the last map ({audit.last_layer}) depends on the whole input through a global op",
-                       OK)
+    where = f"the last map ({audit.last_layer})"
     if any(r is None for r in final.rf):
-        return Measure(0.0, f"the last map ({audit.last_layer}) has no local path to the input", PROBLEM)
+        if final.is_global:
+            return Measure(math.inf, f"{where} depends on the whole input through a global op only", OK)
+        return Measure(0.0, f"{where} has no path to the input", PROBLEM)
     ratio = min(r / n for r, n in zip(final.rf, audit.input_size, strict=True))
     level = OK if ratio >= 1 else WARNING if ratio >= 0.5 else PROBLEM
-    return Measure(ratio, f"receptive field {per_axis_text(final.rf)} of the last map ({audit.last_layer}) is "
-                          f"{ratio:.2f}x the {_size(audit.input_size)} input", level)
+    text = f"receptive field {per_axis_text(final.rf)} of {where} is {ratio:.2f}x the {_size(audit.input_size)} input"
+    if final.is_global:
+        text += " (global ops add context from the whole input)"
+    return Measure(ratio, text, level)
 
 
 def _unproductive(audit: Any) -> Measure:
@@ -75,33 +80,38 @@ def _wasted(audit: Any) -> Measure:
 def _uneven(audit: Any) -> Measure:
     p = audit.padding
     n = len(p.uneven)
-    model_map = next((f for f in p.foveation if f.mode == "model"), None)
-    never = model_map.stats.never_read if model_map is not None else 0
     suggested = p.suggested_size()
     text = f"{n} uneven layers at {_size(p.input_size)}"
     if n:
         text += f"; nearest size without: {_size(suggested)}" if suggested else "; no size without in the range"
-    if never:
-        text += f"; {never} input pixels never read"
-    return Measure(n, text, PROBLEM if never else WARNING if n else OK)
+    return Measure(n, text, WARNING if n else OK)
+
+
+def _never_read(audit: Any) -> int:
+    """Input pixels no path reaches (the foveation map under the model's padding)."""
+    model_map = next((f for f in audit.padding.foveation if f.mode == "model"), None)
+    return model_map.stats.never_read if model_map is not None else 0
 
 
 def _dead(audit: Any) -> Measure:
     """The strongest checkerboard of the dead-pixel test's maps: the structural one (the architecture) and, with
-    gradients, the kim-protocol ERF (Kim et al. test the trained network's); 0 without a checkerboard. The verdict
-    is the worse of the maps'."""
+    gradients, the kim-protocol ERF (Kim et al. test the trained network's); 0 without a checkerboard. Problem:
+    input pixels no path reads, or 1% dead pixels in the structural map (a gradient map of a few images is too
+    noisy to call pixels dead on its own)."""
     d = audit.dead_pixels
     tests = [d.structural] + ([d.erf] if d.erf is not None else [])
-    parts, strengths, levels = [], [], []
+    parts, strengths = [], []
     for test in tests:
         idx = test.indices
         strength = (idx.strength or 0.0) if idx.checkerboard else 0.0
         strengths.append(strength)
-        levels.append(PROBLEM if idx.dead_share >= 0.01 else WARNING if idx.checkerboard else OK)
         parts.append(f"{test.kind} map: " + (f"checkerboard with period {idx.period} px, strength {strength:.2f}"
                                              if idx.checkerboard else "no checkerboard")
                      + f", {idx.dead_share:.2%} dead pixels, L1 {idx.l1:.3g}")
-    level = max(levels, key=(OK, WARNING, PROBLEM).index)
+    never = _never_read(audit)
+    if never:
+        parts.append(f"{never} input pixels never read")
+    level = PROBLEM if never or d.structural.indices.dead_share >= 0.01 else WARNING if max(strengths) else OK
     return Measure(max(strengths), f"{len(d.culprits)} culprit layers; " + "; ".join(parts), level)
 
 
@@ -148,7 +158,10 @@ class Verdict:
         return {"area": self.area, "level": self.level, "text": self.text, "value": _json(self.value)}
 
 
-def _json(x: float) -> float | str:
+def _json(x: float) -> float | str | None:
+    """Strict JSON: infinities as strings, NaN as null."""
+    if math.isnan(x):
+        return None
     return x if math.isfinite(x) else ("inf" if x > 0 else "-inf")
 
 
@@ -178,7 +191,7 @@ class Outcome:
                 f"{self.text}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule, "passed": self.passed, "value": _json(self.value), "limit": self.limit,
+        return {"rule": self.rule, "passed": self.passed, "value": _json(self.value), "limit": _json(self.limit),
                 "text": self.text}
 
 
@@ -228,7 +241,9 @@ class Config:
         return self.weights is not None or any(RULES[r].needs_gradients for r in self.rules)
 
 
-_KEYS = {"model", "input-size", "in-channels", "model-args", "weights", "rules", "thresholds"}
+_KEYS: dict[str, type | tuple[type, ...]] = {  # key -> the TOML types it takes
+    "model": str, "input-size": (int, str, list), "in-channels": int, "model-args": dict, "weights": str,
+    "rules": list, "thresholds": dict}
 
 
 def load_config(path: str | Path) -> Config:
@@ -241,13 +256,18 @@ def load_config(path: str | Path) -> Config:
 
     path = Path(path)
     try:
-        table = tomllib.loads(path.read_text()).get("tool", {}).get("rflens", {})
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        with open(path, "rb") as f:
+            table = tomllib.load(f).get("tool", {}).get("rflens", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise RflensError(f"cannot read the rflens configuration in {path}: {exc}") from None
-    unknown = set(table) - _KEYS
+    unknown = set(table) - set(_KEYS)
     if unknown:
         raise RflensError(f"{path}: unknown key(s) in [tool.rflens]: {', '.join(sorted(unknown))}; "
                           f"known: {', '.join(sorted(_KEYS))}")
+    for key, types in _KEYS.items():
+        if key in table and (not isinstance(table[key], types) or isinstance(table[key], bool)):
+            raise RflensError(f"{path}: {key} in [tool.rflens] has the wrong type ({type(table[key]).__name__}: "
+                              f"{table[key]!r})")
     config = Config(model=_relative(table.get("model"), path.parent), input_size=table.get("input-size"),
                     in_channels=table.get("in-channels"), model_args=dict(table.get("model-args", {})),
                     weights=_relative_file(table.get("weights"), path.parent))

@@ -621,7 +621,29 @@ def _audit(args: argparse.Namespace, console: Console, gradients: bool):
     with bar:
         return audit(model, args.input_size, in_channels=args.in_channels, gradients=gradients, images=args.images,
                      n=args.n, device=args.device, seed=args.noise_seed, model_name=describe(args.model),
-                     model_spec=args.model, top=getattr(args, "top", 3), progress=progress)
+                     model_spec=_model_spec(args), top=getattr(args, "top", 3), progress=progress)
+
+
+def _model_spec(args: argparse.Namespace) -> str:
+    """The model and the options that build it, as a command line repeats them (strings stay strings)."""
+    import shlex
+
+    model_args = {**getattr(args, "model_kwargs", {}), **_parsed_model_args(args.model_arg)}
+    tokens = [args.model]
+    for key, value in model_args.items():
+        plain = f"{key}={value}"  # quoted only where the string would read back as another literal ("2024")
+        tokens += ["--model-arg", plain if _parsed_model_args([plain])[key] == value else f"{key}={value!r}"]
+    for option, value in (("--in-channels", args.in_channels), ("--weights", args.weights),
+                          ("--seed", args.seed or None)):
+        if value is not None:
+            tokens += [option, str(value)]
+    return shlex.join(tokens)
+
+
+def _parsed_model_args(items: list[str]) -> dict:
+    from rflens.sources import parse_model_args
+
+    return parse_model_args(items)
 
 
 def _run_audit(args: argparse.Namespace, console: Console) -> int:
@@ -653,6 +675,8 @@ def _run_check(args: argparse.Namespace, console: Console) -> int:
     if args.config is not None and not path.is_file():
         raise RflensError(f"--config {path}: no such file")
     config = load_config(path) if path.is_file() else Config()
+    if args.model is not None:  # another model than the configured one: its build options do not apply
+        config = Config(rules=config.rules, limits=config.limits)
     args.model = args.model or config.model
     if args.model is None:
         raise RflensError("no model: give one on the command line or as model in [tool.rflens] of pyproject.toml")
@@ -671,7 +695,12 @@ def _run_check(args: argparse.Namespace, console: Console) -> int:
         limits[name] = limit(name, value)
     for name in rules:
         rule_named(name)
-    result = _audit(args, console, gradients=any(rule_named(r).needs_gradients for r in rules))
+    try:
+        result = _audit(args, console, gradients=any(rule_named(r).needs_gradients for r in rules))
+    except (RflensError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - exit 1 means "a rule failed": a crash must not look like that
+        raise RflensError(f"the audit could not run: {type(exc).__name__}: {exc}") from exc
     outcomes = check(result, rules, limits)
     failed = [o for o in outcomes if not o.passed]
     if args.json:

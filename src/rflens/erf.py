@@ -178,7 +178,7 @@ def structural(model: torch.nn.Module, layer: str = "output", *, unit: Sequence[
     """The structural map (:mod:`rflens.pathcount`: how many paths join each input pixel to the unit, from the
     graph alone) as an ERF result with the same metrics and pictures: the uniform-weight ERF of Luo et al., the
     baseline a trained network's ERF is judged against. No weights, no images, no FLOPs."""
-    from rflens.pathcount import output_node, path_counts
+    from rflens.pathcount import output_node
 
     source = _source(model, None, 1, input_size, in_channels, 0)
     graph, _ = _capture(model, layer, source, _tracer(model, source.in_channels, torch.device("cpu")))
@@ -186,9 +186,25 @@ def structural(model: torch.nn.Module, layer: str = "output", *, unit: Sequence[
     if node_id is None:  # a classifier's output: count the paths into the node its logits come from
         node_id = output_node(graph).id
         unit = centre_unit(graph.nodes[node_id].sizes)
+    return structural_at(graph, node_id, unit, trf_box, layer,
+                         model_name if model_name is not None else type(model).__name__)
+
+
+def structural_at(graph: Graph, node_id: int, unit: Sequence[int] | None = None,
+                  trf_box: tuple[tuple[int, int], ...] | None = None, layer: str = "", model_name: str = ""
+                  ) -> ERF:
+    """:func:`structural` on a captured graph, for any node (also one no module names: ``layer`` labels it).
+    ``unit`` defaults to the centre; ``trf_box`` to the unit's theoretical field."""
+    from rflens.pathcount import path_counts
+
+    unit = tuple(unit) if unit is not None else centre_unit(graph.nodes[node_id].sizes)
+    if trf_box is None:
+        fields = propagate(graph)[node_id]
+        if not any(f.is_global or not f.parts for f in fields):
+            trf_box = tuple((f.lo(u), f.hi(u)) for f, u in zip(fields, unit, strict=True))
     counts = path_counts(graph, node_id, unit)
-    return ERF(model_name if model_name is not None else type(model).__name__, layer, "structural", 0, 0,
-               source.input_size, unit, counts.map, _metrics(counts.map, trf_box, _centred(graph, node_id, unit)),
+    return ERF(model_name, layer, "structural", 0, 0, graph.input_size, unit, counts.map,
+               _metrics(counts.map, trf_box, _centred(graph, node_id, unit)),
                f"path counts from the graph alone: 10^{counts.total_log10:.1f} paths reach the input", None,
                trf_box, "no images (geometry only)", "float64", "none", "scaled so the largest count is 1")
 

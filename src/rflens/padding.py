@@ -331,8 +331,8 @@ def last_map(graph: Graph) -> Node:
     while node.inputs and all(n == 1 for n in node.sizes) and any(n > 1 for n in graph.input_size):
         source = graph.nodes[node.inputs[0]]
         pooled = any(read is None for read in node.reads[0]) or all(n == 1 for n in source.sizes)
-        if not pooled:  # a window that covers its whole input (LeNet's last convolution): a map of one unit
-            break
+        if not pooled and node.op == "convolution":  # one that covers its whole input (LeNet's last): a map
+            break  # of one unit; a pooling whose window is the whole map (F.avg_pool2d(x, 4)) is a global one
         node = source  # a pooled head (a global mean, a 1x1 convolution or a classifier on it)
     return node
 
@@ -449,7 +449,7 @@ def padding_report(model: Any, input_size: int | Sequence[int], *, in_channels: 
     for mode in modes:
         try:
             maps.extend(foveation(graph, (mode,), layer))
-        except InputSizeError as exc:
+        except RflensError as exc:  # a mode PyTorch refuses here, or no path that keeps the position
             notes.append(f"no {mode} foveation map: {exc}")
     return PaddingReport(model_name if model_name is not None else type(model).__name__, size, rows, even, maps,
                          notes=notes)
