@@ -445,6 +445,10 @@ def padding_report(model: Any, input_size: int | Sequence[int], *, in_channels: 
         if e.runnable == 0:
             notes.append(f"the model runs at no size in {e.searched[0]}..{e.searched[1]}")
     rows = audit(graph, res.fields)
+    if layer != "output":
+        from rflens.deadpixel import target_node
+
+        target_node(graph, layer)  # an unknown layer is the user's error, not a note
     maps = []
     for mode in modes:
         try:
