@@ -48,6 +48,10 @@ def _add_model_args(p: argparse.ArgumentParser, device: str = "meta",
 def _add_image_args(p: argparse.ArgumentParser, inputs_help: str) -> None:
     """The images of a gradient analysis: noise or a folder, how many, and the noise seed."""
     p.add_argument("--inputs", default="noise", metavar="noise|DIR", help=inputs_help)
+    _add_count_args(p)
+
+
+def _add_count_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=_positive, default=None,
                    help="images to average (default 50 noise images, or every picture of the folder)")
     p.add_argument("--noise-seed", type=int, default=0, help="seed of the noise images (default 0)")
@@ -60,9 +64,7 @@ def _add_gradient_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--erf", action="store_true", help="run the gradient analyses (on by default with --weights, "
                                                       "--images or a rule that needs them; noise images unless "
                                                       "--images)")
-    p.add_argument("--n", type=_positive, default=None,
-                   help="images for the gradient analyses (default 50 noise images, or every picture of --images)")
-    p.add_argument("--noise-seed", type=int, default=0, help="seed of the noise images (default 0)")
+    _add_count_args(p)
 
 
 def _add_pools_arg(p: argparse.ArgumentParser) -> None:
