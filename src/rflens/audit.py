@@ -242,9 +242,9 @@ def fixes(result: Audit, model: Any, kernel_fix: Any, spec: str, trace_on: str =
         out.append(Fix("padding", f"feed {new} instead of {size}", _cost(ratio, 1.0),
                        f"no uneven layer (from {len(result.padding.uneven)})",
                        f"rflens audit {spec} --input-size {new}", ratio, 1.0))
-    maps = {m.mode: m for m in result.padding.foveation}
-    if "model" in maps and "reflect" in maps and result.padding.layers:
-        before, after = maps["model"].stats, maps["reflect"].stats
+    model_map, reflect_map = result.padding.foveation_of("model"), result.padding.foveation_of("reflect")
+    if model_map is not None and reflect_map is not None and result.padding.layers:
+        before, after = model_map.stats, reflect_map.stats
         edits, _, skipped = padding_mode_edits(model, result.rf.graph, "reflect")
         if edits and before.border_ratio < after.border_ratio:
             caveat = (f" (what-if with every convolution reflected; {len(skipped)} cannot be changed and stay "

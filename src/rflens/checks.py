@@ -89,7 +89,7 @@ def _uneven(audit: Any) -> Measure:
 
 def _never_read(audit: Any) -> int:
     """Input pixels no path reaches (the foveation map under the model's padding)."""
-    model_map = next((f for f in audit.padding.foveation if f.mode == "model"), None)
+    model_map = audit.padding.foveation_of("model")
     return model_map.stats.never_read if model_map is not None else 0
 
 
@@ -238,7 +238,8 @@ class Config:
 
     @property
     def gradients(self) -> bool:
-        return self.weights is not None or any(RULES[r].needs_gradients for r in self.rules)
+        """Whether the audit needs its gradient analyses: weights to test, or a rule that measures them."""
+        return self.weights is not None or any(rule_named(r).needs_gradients for r in self.rules)
 
 
 _KEYS: dict[str, type | tuple[type, ...]] = {  # key -> the TOML types it takes

@@ -465,11 +465,10 @@ def _run_erf(args: argparse.Namespace, console: Console) -> int:
 def _load(args: argparse.Namespace, console: Console):
     """The model of the command line (built, weights loaded), on ``--device`` (left where it is for meta:
     the capture moves it)."""
-    from rflens.sources import load_model, parse_model_args
+    from rflens.sources import load_model
 
     with console.status(f"building {args.model}", spinner="dots"):
-        model_args = {**getattr(args, "model_kwargs", {}), **parse_model_args(args.model_arg)}
-        model = load_model(args.model, model_args=model_args, weights=args.weights, seed=args.seed)
+        model = load_model(args.model, model_args=_model_args(args), weights=args.weights, seed=args.seed)
     return model if args.device == "meta" else _to_device(model, args.device)
 
 
@@ -630,11 +629,12 @@ def _model_spec(args: argparse.Namespace) -> str:
     """The model and the options that build it, as a command line repeats them (strings stay strings)."""
     import shlex
 
-    model_args = {**getattr(args, "model_kwargs", {}), **_parsed_model_args(args.model_arg)}
+    from rflens.sources import parse_model_args
+
     tokens = [args.model]
-    for key, value in model_args.items():
+    for key, value in _model_args(args).items():
         plain = f"{key}={value}"  # quoted only where the string would read back as another literal ("2024")
-        tokens += ["--model-arg", plain if _parsed_model_args([plain])[key] == value else f"{key}={value!r}"]
+        tokens += ["--model-arg", plain if parse_model_args([plain])[key] == value else f"{key}={value!r}"]
     for option, value in (("--in-channels", args.in_channels), ("--weights", args.weights),
                           ("--seed", args.seed or None)):
         if value is not None:
@@ -642,10 +642,11 @@ def _model_spec(args: argparse.Namespace) -> str:
     return shlex.join(tokens)
 
 
-def _parsed_model_args(items: list[str]) -> dict:
+def _model_args(args: argparse.Namespace) -> dict:
+    """The model's constructor arguments: a config file's (``rflens check``), overridden by ``--model-arg``."""
     from rflens.sources import parse_model_args
 
-    return parse_model_args(items)
+    return {**getattr(args, "model_kwargs", {}), **parse_model_args(args.model_arg)}
 
 
 def _run_audit(args: argparse.Namespace, console: Console) -> int:
@@ -691,19 +692,19 @@ def _run_check(args: argparse.Namespace, console: Console) -> int:
     args.in_channels = args.in_channels if args.in_channels is not None else config.in_channels
     args.weights = args.weights if args.weights is not None else config.weights
     args.model_kwargs = config.model_args  # --model-arg KEY=VALUE overrides them one by one
-    rules = args.rule if args.rule else config.rules
-    limits = dict(config.limits)
+    config.weights = args.weights
+    config.rules = args.rule if args.rule else config.rules
     for name, value in args.threshold:
-        limits[name] = limit(name, value)
-    for name in rules:
+        config.limits[name] = limit(name, value)
+    for name in config.rules:
         rule_named(name)
     try:
-        result = _audit(args, console, gradients=any(rule_named(r).needs_gradients for r in rules))
+        result = _audit(args, console, gradients=config.gradients)
     except (RflensError, KeyboardInterrupt):
         raise
     except Exception as exc:  # noqa: BLE001 - exit 1 means "a rule failed": a crash must not look like that
         raise RflensError(f"the audit could not run: {type(exc).__name__}: {exc}") from exc
-    outcomes = check(result, rules, limits)
+    outcomes = check(result, config.rules, config.limits)
     failed = [o for o in outcomes if not o.passed]
     if args.json:
         print(json.dumps({"model": result.model, "input_size": list(result.input_size), "passed": not failed,

@@ -375,6 +375,10 @@ class PaddingReport:
     def uneven(self) -> list[str]:
         return uneven_layers(self.layers)
 
+    def foveation_of(self, mode: str) -> FoveationMap | None:
+        """The foveation map under ``mode`` ("model": the model's own padding), None when it was not made."""
+        return next((f for f in self.foveation if f.mode == mode), None)
+
     def suggested_size(self) -> tuple[int, ...] | None:
         """The nearest input size with no uneven layer (per axis), None if the search found none."""
         if len(self.even) == 1 and self.even[0].axis is None:
@@ -384,7 +388,7 @@ class PaddingReport:
         return None if None in sizes else sizes
 
     def to_dict(self) -> dict[str, Any]:
-        model_map = next((f for f in self.foveation if f.mode == "model"), None)
+        model_map = self.foveation_of("model")
         fov: dict[str, Any] = {}
         if model_map is not None:
             fov = {"asymmetry": list(model_map.stats.asymmetry), "border_ratio": model_map.to_dict()["border_ratio"],

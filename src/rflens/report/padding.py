@@ -59,7 +59,7 @@ def summary(report: PaddingReport) -> str:
         near = ", ".join(str(n) for n in dict.fromkeys((e.below, e.above)) if n is not None)
         lines.append(f"even input sizes{where}: {len(e.sizes)} of {e.runnable} runnable in {e.searched[0]}.."
                      f"{e.searched[1]}{rule}; nearest: {near}")
-    model_map = next((f for f in report.foveation if f.mode == "model"), None)
+    model_map = report.foveation_of("model")
     if model_map is not None:
         s = model_map.stats
         lines.append(f"foveation: border/centre {_num(s.border_ratio, '.3f')}, asymmetry "
