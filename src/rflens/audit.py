@@ -114,12 +114,15 @@ that build it: ``--model-arg``, ``--weights``...; default: ``model_name``); ``to
     refinements are listed. ``progress(stage, done, total)`` is told about each stage."""
     from rflens.border import border_report
     from rflens.capture import capture
+    from rflens.capture_onnx import require_pytorch
     from rflens.checks import verdicts
     from rflens.deadpixel import dead_pixel_test
     from rflens.erf import erf, structural_at
     from rflens.padding import DEFAULT_RANGE, last_map, padding_report
     from rflens.rf import analyse
 
+    if gradients:
+        require_pytorch(model, "the audit's gradient analyses (--erf, --images, --weights)")
     name = model_name if model_name is not None else type(model).__name__
     running: list[str] = []
 
@@ -188,10 +191,15 @@ def _kernel_padded(model: Any, size: tuple[int, ...], channels: int, device: str
                    dead: DeadPixelReport, notes: list[str]) -> tuple[Any, DeadPixelReport] | None:
     """The kernel-padding fix of the culprit layers (checked by :func:`rflens.transforms.kernel_pad`) and the
     structural test of the padded model; None without culprits or when no culprit can be padded."""
+    from rflens.capture_onnx import is_onnx
     from rflens.deadpixel import dead_pixel_test
     from rflens.transforms import kernel_pad
 
     if not dead.culprits:
+        return None
+    if is_onnx(model):
+        notes.append("kernel padding changes PyTorch modules: for an ONNX graph, pad the culprits' kernels in the "
+                     "source model")
         return None
     try:
         fix = kernel_pad(model, size, in_channels=channels, device=device, model_name=name)

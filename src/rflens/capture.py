@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode
 from torch.utils.flop_counter import flop_registry
 from torch.utils.weak import WeakIdKeyDictionary
 
@@ -211,6 +211,13 @@ _META_SHORTCUTS: dict[Any, Callable] = {
 _SHAPE_GET = torch.Tensor.shape.__get__
 
 
+def holds_spatial_axes(t: torch.Tensor) -> bool:
+    """Whether ``t`` holds a spatial axis of the input in the capture running now (False outside a capture)."""
+    mode = _get_current_dispatch_mode()
+    st = mode.state(t) if isinstance(mode, _Recorder) else None
+    return st is not None and st.has_spatial()
+
+
 class _PythonLevel(TorchFunctionMode):
     """What only the Python level shows. ``F.pad(mode="circular")`` decomposes into writes into slices of a new
     tensor, which a dispatch mode cannot follow: record it as one padding op. And the model's own code reading
@@ -294,7 +301,11 @@ def _explain(exc: Exception, func: Any, args: tuple, module: str) -> RflensError
 # entry point
 # ---------------------------------------------------------------------------------------------------------
 def configured_input(model: torch.nn.Module) -> tuple[int, ...] | None:
-    """``(channels, *spatial)`` from timm's ``pretrained_cfg`` when the model has one."""
+    """``(channels, *spatial)`` the model declares: an ONNX model's static input shape
+    (:class:`rflens.capture_onnx.OnnxModel`), timm's ``pretrained_cfg``; None when it declares none."""
+    declared = getattr(model, "declared_input", None)
+    if declared is not None:
+        return tuple(declared) if all(isinstance(n, int) for n in declared) else None
     cfg = getattr(model, "pretrained_cfg", None)
     size = cfg.get("input_size") if isinstance(cfg, dict) else None
     if isinstance(size, (tuple, list)) and len(size) >= 2 and all(isinstance(n, int) for n in size):
@@ -303,8 +314,11 @@ def configured_input(model: torch.nn.Module) -> tuple[int, ...] | None:
 
 
 def input_layout(model: torch.nn.Module) -> tuple[int, int] | None:
-    """(spatial dims, input channels) the model expects: from timm's ``pretrained_cfg`` when there is one, else
-    from the first convolution, else None."""
+    """(spatial dims, input channels) the model expects: from what it declares (an ONNX input, timm's
+    ``pretrained_cfg``) when it does, else from the first convolution, else None."""
+    declared = getattr(model, "declared_input", None)
+    if declared is not None and isinstance(declared[0], int):
+        return len(declared) - 1, declared[0]
     size = configured_input(model)
     if size is not None:
         return len(size) - 1, size[0]
@@ -352,6 +366,7 @@ def capture(model: torch.nn.Module, input_size: int | Sequence[int], *, in_chann
     names = {}
     seen: set[int] = set()  # tied parameters count once
     for name, m in model.named_modules():
+        name = getattr(m, "rflens_name", name)  # a module may name its own layer (an ONNX node)
         names.setdefault(id(m), name)
         graph.module_types.setdefault(name, type(m).__name__)
         own = [p for p in m.parameters(recurse=False) if id(p) not in seen]

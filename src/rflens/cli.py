@@ -33,10 +33,11 @@ def _add_model_args(p: argparse.ArgumentParser, device: str = "meta",
     """The model and how it is built. ``configurable``: the model and the input size may come from a config file
     instead (the defaults are None and the command fills them in)."""
     p.add_argument("model", nargs="?" if configurable else None,
-                   help="torchvision:NAME, timm:NAME or path/to/file.py:factory"
+                   help="torchvision:NAME, timm:NAME, path/to/file.py:factory or path/to/model.onnx"
                         + (" (default: model in [tool.rflens])" if configurable else ""))
-    p.add_argument("--input-size", type=parse_input_size, default=None if configurable else 224, metavar="N|HxW",
-                   help="spatial input size: 224, 224x320, 16000 (1-D), 16x112x112 (3-D); default 224")
+    p.add_argument("--input-size", type=parse_input_size, default=None, metavar="N|HxW",
+                   help="spatial input size: 224, 224x320, 16000 (1-D), 16x112x112 (3-D); default: an ONNX model's "
+                        "static input size, else 224")
     p.add_argument("--in-channels", type=int, default=None, help="input channels (default: the first conv's)")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="keyword argument for the model constructor (repeatable)")
@@ -469,7 +470,26 @@ def _load(args: argparse.Namespace, console: Console):
 
     with console.status(f"building {args.model}", spinner="dots"):
         model = load_model(args.model, model_args=_model_args(args), weights=args.weights, seed=args.seed)
-    return model if args.device == "meta" else _to_device(model, args.device)
+    if args.input_size is None:
+        args.input_size = _default_input_size(model)
+    from rflens.capture_onnx import is_onnx
+
+    # an ONNX model replays on meta tensors wherever --device points (what would run it is refused by name)
+    return model if args.device == "meta" or is_onnx(model) else _to_device(model, args.device)
+
+
+def _default_input_size(model) -> int | tuple[int, ...]:
+    """An ONNX model's static input size (it must have one, or --input-size is needed); 224 for other models."""
+    from rflens.capture import configured_input
+    from rflens.capture_onnx import is_onnx
+
+    if not is_onnx(model):
+        return 224
+    size = configured_input(model)
+    if size is None:
+        raise RflensError(f"{model.source}: the input's spatial dims are not static ({model.declared_input[1:]}, "
+                          "None = dynamic): give --input-size")
+    return tuple(size[1:]) if len(set(size[1:])) > 1 else size[1]
 
 
 def _run_deadpixel(args: argparse.Namespace, console: Console) -> int:
@@ -683,8 +703,8 @@ def _run_check(args: argparse.Namespace, console: Console) -> int:
     args.model = args.model or config.model
     if args.model is None:
         raise RflensError("no model: give one on the command line or as model in [tool.rflens] of pyproject.toml")
-    if args.input_size is None:
-        size = config.input_size if config.input_size is not None else 224
+    if args.input_size is None and config.input_size is not None:  # else the model's own (rflens._load)
+        size = config.input_size
         try:
             args.input_size = parse_input_size("x".join(map(str, size)) if isinstance(size, list) else str(size))
         except argparse.ArgumentTypeError as exc:

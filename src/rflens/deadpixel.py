@@ -369,6 +369,10 @@ def dead_pixel_test(model: Any, input_size: int | Sequence[int] | None = None, l
         raise RflensError(f"unknown fix {fix!r}: the dead-pixel fix is 'kernel-pad'")
     if sensitivity and not weighted:
         raise RflensError("the positional sensitivity perturbs real inputs: ask for the weighted test as well")
+    if weighted or fix is not None:
+        from rflens.capture_onnx import require_pytorch
+
+        require_pytorch(model, "the weighted dead-pixel test" if weighted else "kernel padding")
     import torch
 
     from rflens.erf import _source

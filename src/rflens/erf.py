@@ -127,6 +127,9 @@ def erf(model: torch.nn.Module, layer: str = "output", *, inputs: Any = None, pr
     gives each image its true class.
     The user's model is left as it was (training flags restored, parameters untouched).
     """
+    from rflens.capture_onnx import require_pytorch
+
+    require_pytorch(model, "the gradient ERF")
     if protocol not in PROTOCOLS:
         raise RflensError(f"unknown ERF protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if batch_size is not None and batch_size < 1:
@@ -487,6 +490,9 @@ def perturbation_response(model: torch.nn.Module, layer: str, block: Sequence[tu
     axis), averaged over ``n`` images (Kim et al. §5.2's positional sensitivity); the target is the one
     :func:`erf` differentiates (same protocol, class and unit). Returns the block-shaped array and the number
     of images."""
+    from rflens.capture_onnx import require_pytorch
+
+    require_pytorch(model, "the perturbation response")
     if eps <= 0:
         raise RflensError(f"eps must be positive, got {eps}")
     device = _device(device)

@@ -552,6 +552,19 @@ def _select(rec, func, args, kwargs, out):
     _slice(rec, func, x, out, d, index, 1, drop_dim=True, end=index + 1)
 
 
+@rule(aten.index_select)
+def _index_select(rec, func, args, kwargs, out):
+    """Picking entries of a dim that holds no spatial axis (channels, in any order) keeps every unit in place."""
+    x = args[0]
+    st = rec.state(x)
+    d = _norm_dim(args[1], x.dim())
+    if rec.state(args[2]) is not None or D.axes_of(st.dims[d]) or D.prefix(st.dims[d]):
+        raise rec.unsupported(func, "picking entries of a dim that holds spatial axes, or by computed indices")
+    dims = list(st.dims)
+    dims[d] = D.other(out.shape[d])
+    rec.carry(out, st, tuple(dims))
+
+
 @rule(aten.split, aten.split_with_sizes, aten.unbind)
 def _split(rec, func, args, kwargs, out):
     x = args[0]

@@ -4,7 +4,8 @@ A receptive field depends only on the architecture, so models are built with ran
 the init is seeded so that two runs (and two machines) analyse the very same network. Weights are only
 ever read as plain tensors: a checkpoint that would need Python code to load is refused, never executed.
 
-Spec forms: an ``nn.Module`` instance, ``torchvision:NAME``, ``timm:NAME`` and ``path/to/file.py:factory``.
+Spec forms: an ``nn.Module`` instance, ``torchvision:NAME``, ``timm:NAME``, ``path/to/file.py:factory`` and
+``path/to/model.onnx`` (read for its graph, without weights: :mod:`rflens.capture_onnx`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import torch
 
 from rflens.errors import ModelSourceError, WeightsError
 
-_ACCEPTED_FORMS = "an nn.Module instance, 'torchvision:NAME', 'timm:NAME' or 'path/to/file.py:factory'"
+_ACCEPTED_FORMS = ("an nn.Module instance, 'torchvision:NAME', 'timm:NAME', 'path/to/file.py:factory' or "
+                   "'path/to/model.onnx'")
 _ZOO_HINT = 'install the model zoos with: pip install "rflens[zoo]"'
 _STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict")
 _MAX_LISTED = 5
@@ -68,6 +70,8 @@ def load_model(
     batch-norm statistics or apply dropout.
     """
     args = dict(model_args or {})
+    if isinstance(spec, str) and spec.lower().endswith(".onnx"):
+        return _load_onnx(spec, args, weights)
     if isinstance(spec, torch.nn.Module):
         if args:
             raise ModelSourceError(
@@ -97,6 +101,11 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
     Pickles are opened with ``weights_only=True`` so a malicious checkpoint cannot run code; strict
     loading because a half-loaded model would silently give wrong answers.
     """
+    from rflens.capture_onnx import is_onnx
+
+    if is_onnx(model):
+        raise WeightsError(f"{model.source} is an ONNX graph: rflens reads its graph only and loads no weights "
+                           f"into it ({path} refused)")
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
@@ -115,11 +124,6 @@ Loader = Callable[[str, dict[str, Any]], torch.nn.Module]
 
 def _resolve(spec: str) -> tuple[Loader, str]:
     """Pick the loader for a spec string and the part of the spec it needs (model name or file:factory)."""
-    if spec.lower().endswith(".onnx"):
-        raise ModelSourceError(
-            f"cannot load {spec!r}: ONNX models are not supported yet (planned); "
-            f"use {_ACCEPTED_FORMS} for now"
-        )
     prefix, sep, name = spec.partition(":")
     if sep and prefix in _ZOO_LOADERS:
         return _ZOO_LOADERS[prefix], name
@@ -159,6 +163,17 @@ def _unknown_name(zoo: str, name: str, known: Sequence[str]) -> ModelSourceError
     close = difflib.get_close_matches(name, known, n=_MAX_LISTED)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return ModelSourceError(f"unknown {zoo} model {name!r}{hint}")
+
+
+def _load_onnx(path: str, args: dict[str, Any], weights: str | os.PathLike | None) -> torch.nn.Module:
+    from rflens.capture_onnx import read_onnx
+
+    if args:
+        raise ModelSourceError(f"model_args {args} cannot be applied to {path}: an ONNX file is a built model")
+    if weights is not None:
+        raise WeightsError(f"{path} is an ONNX file: rflens reads its graph only and loads no weights into it "
+                           f"(weights file {weights} refused)")
+    return read_onnx(path)
 
 
 def _load_torchvision(name: str, args: dict[str, Any]) -> torch.nn.Module:

@@ -111,6 +111,9 @@ def mean_activation(model: torch.nn.Module, layers: Sequence[str] | str = "outpu
     ``inputs``: None for ``n`` seeded Gaussian noise images, a folder of pictures, or a tensor / iterable of
     tensors (at most ``n`` images are used from any source, as in :func:`rflens.erf.erf`). ``progress(done,
     total)`` is called after every batch. Returns ``{layer: SpatialMap}`` in the order asked."""
+    from rflens.capture_onnx import require_pytorch
+
+    require_pytorch(model, "the mean activation maps (spatial bias)")
     from rflens.erf import _device, _source, default_batch_size
 
     names = _layer_names(layers)
@@ -162,6 +165,9 @@ def blind_spot_probe(model: torch.nn.Module, *, input_size: int | Sequence[int],
     change of channel ``k`` (a classifier's logit, or the spatial sum of channel ``k`` of a map). Every input
     pixel gets the mean response of the placements covering it, so the map is comparable with the input: a
     zero marks a region the layer does not see (Mind the Pad's blind spots)."""
+    from rflens.capture_onnx import require_pytorch
+
+    require_pytorch(model, "the blind-spot probe")
     from rflens.erf import _device, _source
 
     dev = _device(device)

@@ -78,6 +78,10 @@ def _check(model: nn.Module, edit: Mapping[str, Any]) -> None:
 
 def applicable(model: nn.Module, edits: Sequence[Mapping[str, Any]]) -> str | None:
     """Why ``edits`` cannot be applied to ``model``, or None if they can."""
+    from rflens.capture_onnx import is_onnx
+
+    if is_onnx(model):
+        return "rflens reads an ONNX graph without changing it: make the change in the source model"
     try:
         for edit in edits:
             _check(model, edit)
@@ -93,6 +97,9 @@ def apply_recipe(model: nn.Module, recipe: Mapping[str, Any], weights: str | os.
     ``weights``: a state-dict file of the changed model (the ``.safetensors`` written next to a fix) to load
     into it, strictly and without running code. A recipe that changes only the input size returns an
     unchanged copy: feed it ``recipe["input_size"]``."""
+    from rflens.capture_onnx import require_pytorch
+
+    require_pytorch(model, "changing layers (a recipe)")
     edits = recipe.get("edits")
     if edits is None:
         raise RefineError("not an rflens recipe: it has no 'edits'")
@@ -334,6 +341,9 @@ def kernel_pad(model: nn.Module, input_size: int | Sequence[int], *, in_channels
     The change verifies itself: the padded model is traced again (same output shapes everywhere, no culprit
     left among the changed layers) and run next to the original on ``check_images`` seeded random inputs; when
     every change is exact (no widened pooling) the outputs must agree to float rounding, else it raises."""
+    from rflens.capture_onnx import require_pytorch
+
+    require_pytorch(model, "kernel padding")
     from rflens.capture import capture as trace
     from rflens.capture import input_layout
     from rflens.deadpixel import culprits as find_culprits
@@ -441,6 +451,7 @@ def padding_mode_edits(model: nn.Module, graph: Any, mode: str) -> tuple[list[di
                                                                           list[tuple[str, str]]]:
     """Edits giving every padded convolution of ``graph`` (captured from ``model``) the padding ``mode``;
     also the changes in words and the layers that cannot take it, with the reason."""
+    from rflens.capture_onnx import is_onnx
     from rflens.padding import audit
 
     if mode not in PADDING_MODES:
@@ -450,8 +461,12 @@ def padding_mode_edits(model: nn.Module, graph: Any, mode: str) -> tuple[list[di
     for row in audit(graph, trace_back=False):
         if row.op == "convolution":
             calls.setdefault(row.name, []).append(row)
+    read_only = is_onnx(model)
     for name, rows in calls.items():
         if not any(r.pads != (0, 0) for r in rows):
+            continue
+        if read_only:
+            skipped.append((name, "an ONNX node: change its padding in the source model"))
             continue
         module = _module(model, name) if name else model
         why = padding_mode_refusal(module)
@@ -482,6 +497,9 @@ def padding_mode_fix(model: nn.Module, mode: str, input_size: int | Sequence[int
     model). It checks itself: the fixed model is traced again, every changed convolution must read a padding of
     ``mode`` and every output shape must be the same; with ``audit_after`` the fixed model's padding report
     (``report_options`` go to :func:`rflens.padding.padding_report`) is attached as ``after``."""
+    from rflens.capture_onnx import require_pytorch
+
+    require_pytorch(model, "changing the padding mode")
     from rflens.capture import capture
     from rflens.padding import audit, padding_report
 
