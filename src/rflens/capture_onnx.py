@@ -506,20 +506,30 @@ def _onnx_pool_size(n: int, e: int, s: int, b: int, a: int, ceil: bool) -> int:
     return out
 
 
-def _pool(node, x, pool: Callable, pad_value: float, **kw):
+def _pool(node, x, pool: Callable, pad_value: float, exclude_pads: bool = False):
+    """A pooling with ONNX's padding; padding PyTorch's pooling cannot do itself is explicit. ``exclude_pads``:
+    an average over the real pixels only (``count_include_pad=0``), which an explicit padding would dilute: the
+    average is divided by the share of real pixels in each window."""
     kernel, strides, dilations, extent, before, after, dynamic = _pool_geometry(node, x)
     ceil = bool(node.attr("ceil_mode", 0))
     n = len(kernel)
     if before == after and all(p <= k // 2 for p, k in zip(before, kernel, strict=True)) and not dynamic:
-        return pool(x, kernel, strides, before, dilations, ceil, **kw)
+        return pool(x, kernel, strides, before, dilations, ceil)
     sizes = _size(x)[-n:]
-    y = pool(_explicit(x, before, after, pad_value), kernel, strides, [0] * n, dilations, ceil, **kw)
-    first = y[0] if isinstance(y, tuple) else y
     want = [_onnx_pool_size(m, e, s, b, a, ceil) for m, e, s, b, a in zip(sizes, extent, strides, before, after,
                                                                          strict=True)]
-    if list(first.shape[-n:]) != want:
-        index = (Ellipsis, *(slice(0, w) for w in want))
-        y = tuple(t[index] for t in y) if isinstance(y, tuple) else y[index]
+    cut = (Ellipsis, *(slice(0, w) for w in want))
+
+    def padded_pool(t: Tensor) -> Any:
+        y = pool(_explicit(t, before, after, pad_value), kernel, strides, [0] * n, dilations, ceil)
+        first = y[0] if isinstance(y, tuple) else y
+        if list(first.shape[-n:]) == want:
+            return y
+        return tuple(t[cut] for t in y) if isinstance(y, tuple) else y[cut]
+
+    y = padded_pool(x)
+    if exclude_pads and (any(before) or any(after)):
+        y = y / padded_pool(torch.ones((1, 1, *sizes), dtype=x.dtype, device=x.device))
     return y
 
 
@@ -546,9 +556,9 @@ def _avg_pool(node, xs):
     def pool(t, k, s, p, d, ceil):
         if any(v != 1 for v in d):
             raise node.fail("dilated average pooling has no PyTorch equivalent")
-        return fn(t, k, s, p, ceil_mode=ceil, count_include_pad=include or not any(p))
+        return fn(t, k, s, p, ceil_mode=ceil, count_include_pad=include)
 
-    return _pool(node, x, pool, 0.0)
+    return _pool(node, x, pool, 0.0, exclude_pads=not include)
 
 
 @op("LpPool")
@@ -608,7 +618,7 @@ def _pad(node, xs):
     if mode not in _PAD_MODES:
         raise node.fail(f"unknown padding mode {mode!r}")
     if mode != "constant":  # negative pads crop first; PyTorch pads only the trailing spatial dims in these modes
-        index = tuple(slice(max(-b, 0), -a if a < 0 else None) for b, a in zip(before, after, strict=True))
+        index = tuple(slice(max(-b, 0), a if a < 0 else None) for b, a in zip(before, after, strict=True))
         x = x[index]
         before, after = [max(b, 0) for b in before], [max(a, 0) for a in after]
         if any(before[:2]) or any(after[:2]):
@@ -782,7 +792,8 @@ def _reshape(node, xs):
 
 @op("Flatten")
 def _flatten(node, xs):
-    x, axis = xs[0], node.attr("axis", 1) % (xs[0].dim() + 1)
+    x, axis = xs[0], node.attr("axis", 1)
+    axis = axis + x.dim() if axis < 0 else axis
     if axis == 0:
         return x.reshape(1, -1)
     out = x.flatten(axis) if axis < x.dim() else x.unsqueeze(-1)
@@ -1075,19 +1086,23 @@ def _arg(fn: Callable[..., Tensor]) -> Handler:
 HANDLERS.update({"ArgMax": _arg(torch.argmax), "ArgMin": _arg(torch.argmin)})
 
 
+def _block_order(channels: int, b: int) -> Tensor:
+    """Channel ``c*b*b + i*b + j`` (PyTorch's pixel (un)shuffle, ONNX's CRD) in ONNX's DCR order
+    ``(i*b + j)*C + c``: the DCR channel each CRD channel is."""
+    c = channels // (b * b)
+    return torch.arange(channels, device="cpu").reshape(c, b * b).t().reshape(-1).argsort()
+
+
 @op("DepthToSpace")
 def _depth_to_space(node, xs):
     x, b = xs[0], node.attr("blocksize")
-    if node.attr("mode", "DCR") == "CRD":
-        return F.pixel_shuffle(x, b)
-    n, c, h, w = _size(x)
-    y = x.reshape(n, b, b, c // (b * b), h, w).permute(0, 3, 4, 1, 5, 2)
-    return y.reshape(n, c // (b * b), h * b, w * b)
+    if node.attr("mode", "DCR") == "DCR":  # the channels in CRD order, then PyTorch's pixel shuffle
+        x = x.index_select(1, _block_order(_size(x)[1], b).to(x.device))
+    return F.pixel_shuffle(x, b)
 
 
 @op("SpaceToDepth")
 def _space_to_depth(node, xs):
     x, b = xs[0], node.attr("blocksize")
-    n, c, h, w = _size(x)
-    y = x.reshape(n, c, h // b, b, w // b, b).permute(0, 3, 5, 1, 2, 4)
-    return y.reshape(n, c * b * b, h // b, w // b)
+    y = F.pixel_unshuffle(x, b)  # CRD order; ONNX writes DCR
+    return y.index_select(1, _block_order(_size(y)[1], b).argsort().to(y.device))
