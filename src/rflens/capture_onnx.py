@@ -397,6 +397,19 @@ def _per_axis(node: OnnxNode, name: str, n: int, default: int) -> list[int]:
     return list(v) if v else [default] * n
 
 
+def _window(node: OnnxNode, kernel: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
+    """Strides, dilations and extents (d*(k-1)+1) of a window op per spatial axis."""
+    n = len(kernel)
+    strides, dilations = _per_axis(node, "strides", n, 1), _per_axis(node, "dilations", n, 1)
+    return strides, dilations, [d * (k - 1) + 1 for d, k in zip(dilations, kernel, strict=True)]
+
+
+def _halves(total: int, upper: bool) -> tuple[int, int]:
+    """(before, after) of ``total`` padding: the odd unit after (``upper``, SAME_UPPER) or before."""
+    small, large = total // 2, total - total // 2
+    return (small, large) if upper else (large, small)
+
+
 def _window_pads(node: OnnxNode, x: Tensor, extent: Sequence[int], strides: Sequence[int]
                  ) -> tuple[list[int], list[int], bool]:
     """(before, after) padding of a window op per spatial axis, from ``pads`` or ``auto_pad``, and whether it
@@ -414,13 +427,10 @@ def _window_pads(node: OnnxNode, x: Tensor, extent: Sequence[int], strides: Sequ
         raise node.fail(f"unknown auto_pad {auto!r}")
     dynamic = any(s > 1 and e > 1 for s, e in zip(strides, extent, strict=True))
     sizes = x.shape[-n:] if dynamic else [None] * n  # a stride of 1 pads extent - 1 at any size
-    before, after = [], []
-    for size, e, s in zip(sizes, extent, strides, strict=True):
-        total = e - 1 if s == 1 else max((-(-size // s) - 1) * s + e - size, 0) if e > 1 else 0
-        small, large = total // 2, total - total // 2
-        before.append(small if auto == "SAME_UPPER" else large)
-        after.append(large if auto == "SAME_UPPER" else small)
-    return before, after, dynamic
+    totals = [e - 1 if s == 1 else max((-(-size // s) - 1) * s + e - size, 0) if e > 1 else 0
+              for size, e, s in zip(sizes, extent, strides, strict=True)]
+    before, after = zip(*(_halves(t, auto == "SAME_UPPER") for t in totals), strict=True)
+    return list(before), list(after), dynamic
 
 
 def _torch_pad(before: Sequence[int], after: Sequence[int]) -> list[int]:
@@ -439,9 +449,7 @@ def _explicit(x: Tensor, before: list[int], after: list[int], value: float = 0.0
 def _conv(node, xs):
     x, w, b = (list(xs) + [None, None])[:3]
     n = w.dim() - 2
-    strides = _per_axis(node, "strides", n, 1)
-    dilations = _per_axis(node, "dilations", n, 1)
-    extent = [d * (k - 1) + 1 for d, k in zip(dilations, w.shape[2:], strict=True)]
+    strides, dilations, extent = _window(node, w.shape[2:])
     before, after, dynamic = _window_pads(node, x, extent, strides)
     padding = before
     if before != after or dynamic:  # an explicit pad, as timm's Conv2dSame (rflens.resize.mark_same_padding)
@@ -453,21 +461,16 @@ def _conv(node, xs):
 def _conv_transpose(node, xs):
     x, w, b = (list(xs) + [None, None])[:3]
     n = w.dim() - 2
-    strides = _per_axis(node, "strides", n, 1)
-    dilations = _per_axis(node, "dilations", n, 1)
+    strides, dilations, extent = _window(node, w.shape[2:])
     out_pad = _per_axis(node, "output_padding", n, 0)
-    extent = [d * (k - 1) + 1 for d, k in zip(dilations, w.shape[2:], strict=True)]
     auto = node.attr("auto_pad", "NOTSET")
     target = node.attr("output_shape")
     if target or auto in ("SAME_UPPER", "SAME_LOWER"):
         sizes = x.shape[-n:]
         target = list(target)[-n:] if target else [s * st for s, st in zip(sizes, strides, strict=True)]
-        before, after = [], []
-        for size, s, e, op_, t in zip(sizes, strides, extent, out_pad, target, strict=True):
-            total = s * (size - 1) + op_ + e - t
-            small, large = total // 2, total - total // 2
-            before.append(small if auto == "SAME_UPPER" else large)
-            after.append(large if auto == "SAME_UPPER" else small)
+        totals = [s * (size - 1) + op_ + e - t for size, s, e, op_, t in zip(sizes, strides, extent, out_pad, target,
+                                                                               strict=True)]
+        before, after = (list(v) for v in zip(*(_halves(t, auto == "SAME_UPPER") for t in totals), strict=True))
     elif auto == "VALID":
         before, after = [0] * n, [0] * n
     else:
@@ -488,10 +491,7 @@ def _conv_transpose(node, xs):
 
 def _pool_geometry(node, x):
     kernel = list(node.attr("kernel_shape"))
-    n = len(kernel)
-    strides = _per_axis(node, "strides", n, 1)
-    dilations = _per_axis(node, "dilations", n, 1)
-    extent = [d * (k - 1) + 1 for d, k in zip(dilations, kernel, strict=True)]
+    strides, dilations, extent = _window(node, kernel)
     before, after, dynamic = _window_pads(node, x, extent, strides)
     return kernel, strides, dilations, extent, before, after, dynamic
 
