@@ -53,8 +53,10 @@ def _add_image_args(p: argparse.ArgumentParser, inputs_help: str) -> None:
 
 
 def _add_count_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n", type=_positive, default=None,
-                   help="images to average (default 50 noise images, or every picture of the folder)")
+    p.add_argument("--num-images", "--n", dest="n", type=_positive, default=None,
+                   help="images to average (default 50 noise images, or every picture of the folder); under "
+                        "torchrun write --num-images: torchrun's parser takes --n for an abbreviation of its own "
+                        "options")
     p.add_argument("--noise-seed", type=int, default=0, help="seed of the noise images (default 0)")
 
 
@@ -133,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run 2-D models in the contiguous memory format (default: channels-last)")
     e.add_argument("--plot", type=Path, default=None,
                    help="write the heatmap (one layer) or ERF size against depth (--layers) as PNG")
-    e.add_argument("--log", action="store_true", help="heatmap in log scale")
+    e.add_argument("--log-scale", "--log", dest="log", action="store_true",
+                   help="heatmap in log scale (--log-scale under torchrun, which would take --log for its --log-dir)")
     e.add_argument("--map", type=Path, default=None, help="save the ERF map as .npy (default with --out: OUT.npy)")
     e.add_argument("--json", action="store_true", help="print JSON instead of the table")
     e.add_argument("--out", type=Path, default=None, help="also write the JSON document to this file")
@@ -407,6 +410,25 @@ def _run_border(args: argparse.Namespace, console: Console) -> int:
 
 
 def _run_erf(args: argparse.Namespace, console: Console) -> int:
+    """One process, or one rank of a torchrun/SLURM launch: every rank computes its share, rank 0 reports."""
+    import io
+
+    from rflens.distributed import launch_from_env, process_group
+
+    launch = launch_from_env()
+    if args.layers and args.unit is not None:
+        raise RflensError("--unit applies to one layer; with --layers every layer uses its centre unit")
+    with process_group(launch, args.device) as device:
+        args.device = device
+        if launch is None or launch.rank == 0:
+            ranks = f" (rank 0 of {launch.world_size}: its share of the images)" if launch else ""
+            return _erf_command(args, console, Console(stderr=True), ranks, report=True)
+        quiet = Console(file=io.StringIO())
+        return _erf_command(args, quiet, quiet, "", report=False)
+
+
+def _erf_command(args: argparse.Namespace, console: Console, errors: Console, ranks: str, report: bool) -> int:
+    """The ERFs of ``args``; ``report``: print and write them (rank 0 of a launch, or the only process)."""
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -415,15 +437,12 @@ def _run_erf(args: argparse.Namespace, console: Console) -> int:
     from rflens.sources import describe
 
     layers = args.layers or [args.layer]
-    if args.layers and args.unit is not None:
-        raise RflensError("--unit applies to one layer; with --layers every layer uses its centre unit")
     model = _load(args, console)
     results = []
-    errors = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=errors, transient=True, disable=not errors.is_terminal) as bar:
         for layer in layers:
-            task = bar.add_task(f"ERF of {layer}", total=None)
+            task = bar.add_task(f"ERF of {layer}{ranks}", total=None)
             if args.protocol == "structural":
                 results.append(structural(model, layer, unit=args.unit, input_size=args.input_size,
                                           in_channels=args.in_channels, model_name=describe(args.model)))
@@ -436,6 +455,8 @@ def _run_erf(args: argparse.Namespace, console: Console) -> int:
                                model_name=describe(args.model),
                                progress=lambda done, total, task=task: bar.update(task, completed=done,
                                                                                   total=total)))
+    if not report:
+        return 0
     map_file = args.map if args.map is not None else (args.out.with_suffix(".npy") if args.out else None)
     docs = []
     for i, result in enumerate(results):
@@ -804,7 +825,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args, console)
     except RflensError as exc:
-        errors.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        from rflens.distributed import launch_from_env, printed_here
+
+        launch = launch_from_env()
+        if not printed_here(exc, launch):
+            return 2
+        where = f"rank {launch.rank}: " if launch is not None else ""
+        errors.print(f"[bold red]error:[/] {where}{exc}", highlight=False, markup=True, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rflens import distributed as dist
 from rflens import erf_inputs
 from rflens.cone import ConePlan, plan
 from rflens.errors import RflensError, unknown_layer
@@ -114,7 +115,7 @@ def erf(model: torch.nn.Module, layer: str = "output", *, inputs: Any = None, pr
         input_size: int | Sequence[int] | None = None, in_channels: int | None = None, device: str = "cpu",
         dtype: torch.dtype = torch.float32, seed: int = 0, crop: bool = True, fold: bool = True,
         channels_last: bool | None = None, progress: Callable[[int, int | None], None] | None = None,
-        model_name: str | None = None, target_class: int | None = None) -> ERF:
+        model_name: str | None = None, target_class: int | None = None, distributed: bool = True) -> ERF:
     """The gradient ERF of ``unit`` (default: the centre, ``n // 2`` per axis) of ``layer`` (a module name, or
     ``"output"`` for the model's output) under ``protocol`` ("replknet", "kim" or "luo").
 
@@ -125,6 +126,9 @@ def erf(model: torch.nn.Module, layer: str = "output", *, inputs: Any = None, pr
     ``target_class``: differentiate that channel (a classifier's logit) at the unit instead of the protocol's
     target; with the kim protocol on a classifier's output, a labelled picture folder (one subfolder per class)
     gives each image its true class.
+    ``distributed``: inside an initialised ``torch.distributed`` process group of several ranks (``torchrun``,
+    :mod:`rflens.distributed`), every rank calls this with the same arguments, takes its shard of the images and
+    returns the ERF of all of them; False computes this process's images alone.
     The user's model is left as it was (training flags restored, parameters untouched).
     """
     from rflens.capture_onnx import require_pytorch
@@ -160,15 +164,31 @@ def erf(model: torch.nn.Module, layer: str = "output", *, inputs: Any = None, pr
         batch = batch_size if batch_size is not None else default_batch_size(run_size)
     layout = torch.channels_last if (graph.ndim == 2 if channels_last is None else channels_last) and \
         graph.ndim == 2 else torch.contiguous_format
-    aim = Aim(proto, target_class, _labels(source, proto, node_id is None))
-    total, count, bad = _run(runner, layer, calls, aim, source, where, batch, dev, dtype, layout, progress)
-    if count == 0:
-        raise RflensError(f"all {bad} gradient maps had NaN or inf values; no ERF to report (try dtype float64, "
-                          "or check the model's weights)")
+    rank, ranks = dist.ranks() if distributed else (0, 1)
+    if source.count == 0:
+        raise RflensError("no input images")
+    mine = source.shard(rank, ranks) if ranks > 1 else source
+    aim = Aim(proto, target_class, _labels(mine, proto, node_id is None))
+    try:
+        part: dist.Partial | Exception = _run(runner, layer, calls, aim, mine, where, batch, dev, dtype, layout,
+                                              progress)
+    except Exception as exc:  # every rank must hear of it before the sums travel
+        if ranks == 1:
+            raise
+        part = exc
+    if ranks > 1:
+        part = dist.reduce_over_ranks(part, run_size, images=source.total, device=dev,
+                                      fingerprint=dist.parameter_fingerprint(model))
+    assert isinstance(part, dist.Partial)
+    if part.count == 0:
+        raise dist.on_every_rank(RflensError(f"all {part.bad} gradient maps had NaN or inf values; no ERF to "
+                                             "report (try dtype float64, or check the model's weights)"))
     full = np.zeros(source.input_size, dtype=np.float64)
-    full[tuple(slice(a, b) for a, b in where.crop) if where.crop else ...] = total / count
+    full[tuple(slice(a, b) for a, b in where.crop) if where.crop else ...] = part.total / part.count
+    if ranks > 1:
+        folding += f"; images shared by {ranks} ranks ({dist.backend()})"
     metrics = _metrics(full, trf_box, _centred(graph, node_id, unit))
-    return ERF(model_name if model_name is not None else type(model).__name__, layer, protocol, count, bad,
+    return ERF(model_name if model_name is not None else type(model).__name__, layer, protocol, part.count, part.bad,
                source.input_size, unit, full, metrics, where.describe(), where.crop, trf_box, source.description,
                str(dtype).removeprefix("torch."), str(dev),
                f"batch size {batch}, {'channels-last' if layout is torch.channels_last else 'contiguous'}; {folding}",
@@ -455,9 +475,9 @@ def truncated(model: torch.nn.Module, layer: str, calls: int, device: torch.devi
 
 def _run(model: torch.nn.Module, layer: str, calls: int, aim: Aim, source: erf_inputs.InputSource,
          where: ConePlan, batch_size: int, device: torch.device, dtype: torch.dtype, layout: torch.memory_format,
-         progress: Callable[[int, int | None], None] | None) -> tuple[np.ndarray, int, int]:
-    """Sum of the finite per-image maps (over the crop when there is one), their count, and the count of
-    maps with NaN or inf."""
+         progress: Callable[[int, int | None], None] | None) -> dist.Partial:
+    """Sum of the finite per-image maps (over the crop when there is one; None without one), their count, and
+    the count of maps with NaN or inf."""
     window = (slice(None), slice(None), *(slice(a, b) for a, b in where.crop)) if where.crop else ...
     total: np.ndarray | None = None
     count = bad = done = 0
@@ -476,9 +496,7 @@ def _run(model: torch.nn.Module, layer: str, calls: int, aim: Aim, source: erf_i
             done += batch.shape[0]
             if progress is not None:
                 progress(done, source.count)
-    if done == 0:
-        raise RflensError("no input images")
-    return (total if total is not None else np.zeros(()), count, bad)
+    return dist.Partial(total, count, bad)
 
 
 def perturbation_response(model: torch.nn.Module, layer: str, block: Sequence[tuple[int, int]], *,

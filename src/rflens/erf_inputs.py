@@ -1,16 +1,19 @@
 """Input images of an ERF run: seeded noise, a folder of pictures, or the user's tensors, in batches.
 
-Every source yields float32 CPU tensors of shape ``(B, C, *input_size)``; the engine moves them. Noise image
-``i`` is drawn from its own generator (seeded by ``(seed, i)``), so the images do not depend on the batch size:
-a batched run and a one-by-one run see the same inputs.
+Every source yields float32 CPU tensors of shape ``(B, C, *input_size)``; the engine moves them. Images are
+loaded by index: noise image ``i`` is drawn from its own generator (seeded by ``(seed, i)``), picture ``i`` is
+the ``i``-th file in name order. So the images do not depend on the batch size, and a shard of the source
+(:meth:`InputSource.shard`, one rank's part of a distributed run) holds exactly the images a single process
+would take at those indices.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,18 +57,36 @@ class Preprocess:
 
 @dataclass
 class InputSource:
-    """A description of the images (for reports) and a way to iterate over them in batches."""
+    """A description of the images (for reports) and a way to load them in batches. ``indices``: the images
+    this source yields, in order (all of them, or one rank's shard); ``labels``: the class of each of them
+    (a labelled folder), in the same order."""
 
     kind: str  # "noise", "folder" or "tensor"
-    description: str
-    count: int | None  # images it yields (None: not known before iterating)
+    description: str  # the whole set of images, also in a shard
+    total: int  # images in the whole set
     input_size: tuple[int, ...]
     in_channels: int
-    _batches: Any
-    labels: list[int] | None = None  # each image's class (a labelled folder), in the order the images come
+    _load: Callable[[Sequence[int]], torch.Tensor]  # images at these indices, stacked
+    indices: Sequence[int] = ()
+    labels: list[int] | None = None
+
+    @property
+    def count(self) -> int:
+        """Images this source yields."""
+        return len(self.indices)
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        return self._batches(batch_size)
+        for start in range(0, len(self.indices), batch_size):
+            yield self._load(self.indices[start:start + batch_size])
+
+    def shard(self, rank: int, ranks: int) -> InputSource:
+        """Rank ``rank``'s part of ``ranks`` contiguous parts whose sizes differ by at most one (the first
+        ``count % ranks`` ranks take one more image); a rank may get none."""
+        share, extra = divmod(len(self.indices), ranks)
+        lo = rank * share + min(rank, extra)
+        hi = lo + share + (rank < extra)
+        labels = self.labels[lo:hi] if self.labels is not None else None
+        return dataclasses.replace(self, indices=self.indices[lo:hi], labels=labels)
 
 
 def noise(count: int, in_channels: int, input_size: Sequence[int], seed: int = 0) -> InputSource:
@@ -78,12 +99,11 @@ def noise(count: int, in_channels: int, input_size: Sequence[int], seed: int = 0
         state = int(np.random.SeedSequence([seed, i]).generate_state(1, dtype=np.uint64)[0] >> 1)
         return torch.randn(shape, generator=torch.Generator().manual_seed(state))
 
-    def batches(batch_size: int) -> Iterator[torch.Tensor]:
-        for start in range(0, count, batch_size):
-            yield torch.stack([image(i) for i in range(start, min(count, start + batch_size))])
+    def load(indices: Sequence[int]) -> torch.Tensor:
+        return torch.stack([image(i) for i in indices])
 
     return InputSource("noise", f"{count} Gaussian noise images (seed {seed})", count, tuple(input_size),
-                       in_channels, batches)
+                       in_channels, load, range(count))
 
 
 def folder(path: str | os.PathLike, count: int | None, in_channels: int, input_size: Sequence[int],
@@ -106,14 +126,12 @@ def folder(path: str | os.PathLike, count: int | None, in_channels: int, input_s
     files = files[:count] if count is not None else files
     labels = labels[:len(files)] if labels is not None else None
 
-    def batches(batch_size: int) -> Iterator[torch.Tensor]:
-        for start in range(0, len(files), batch_size):
-            yield torch.stack([_picture(f, in_channels, tuple(input_size), preprocess)
-                               for f in files[start:start + batch_size]])
+    def load(indices: Sequence[int]) -> torch.Tensor:
+        return torch.stack([_picture(files[i], in_channels, tuple(input_size), preprocess) for i in indices])
 
     labelled = f", labelled by {len(set(labels))} class folders" if labels is not None else ""
     return InputSource("folder", f"{len(files)} images from {str(root)!r} ({preprocess.source}{labelled})",
-                       len(files), tuple(input_size), in_channels, batches, labels)
+                       len(files), tuple(input_size), in_channels, load, range(len(files)), labels)
 
 
 def _pictures(folder: Path) -> list[Path]:
@@ -218,8 +236,9 @@ def tensors(data: torch.Tensor | Iterable[Any], count: int | None, ndim: int) ->
     if count is not None:
         stacked = stacked[:count]
 
-    def batches(batch_size: int) -> Iterator[torch.Tensor]:
-        for start in range(0, stacked.shape[0], batch_size):
-            yield stacked[start:start + batch_size]
+    def load(indices: Sequence[int]) -> torch.Tensor:
+        return stacked[indices[0]:indices[-1] + 1] if isinstance(indices, range) and indices.step == 1 \
+            else stacked[list(indices)]
 
-    return InputSource("tensor", f"{stacked.shape[0]} given images", stacked.shape[0], shape[1:], shape[0], batches)
+    n = stacked.shape[0]
+    return InputSource("tensor", f"{n} given images", n, shape[1:], shape[0], load, range(n))
