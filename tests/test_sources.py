@@ -121,6 +121,21 @@ def test_torchvision_spec_passes_model_args() -> None:
     assert not model.training
 
 
+@pytest.mark.parametrize("name", ["fcn_resnet50", "fasterrcnn_mobilenet_v3_large_fpn", "lraspp_mobilenet_v3_large"])
+def test_torchvision_detection_and_segmentation_build_offline(name, monkeypatch) -> None:
+    """Their builders fetch ImageNet backbone weights by default: rflens never downloads (a download fails)."""
+    import torch.hub
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    model = load_model(f"torchvision:{name}", device="meta")
+    assert isinstance(model, torch.nn.Module)
+    with pytest.raises(ModelSourceError, match="without downloading weights.*weights_backbone refused"):
+        load_model(f"torchvision:{name}", model_args={"weights_backbone": "DEFAULT"}, device="meta")
+
+
 def test_timm_spec_passes_model_args() -> None:
     model = load_model("timm:resnet10t", model_args={"num_classes": 7})
     assert model.get_classifier().out_features == 7
@@ -190,6 +205,17 @@ def test_same_seed_same_parameters_different_seed_different(factory_file: Path) 
 
 def test_zoo_construction_is_seeded() -> None:
     assert_same_params(load_model("timm:resnet10t", seed=3), load_model("timm:resnet10t", seed=3))
+
+
+def test_meta_build_has_the_same_architecture_without_storage(factory_file: Path) -> None:
+    built = load_model(f"{factory_file}:make", model_args={"depth": 2})
+    meta = load_model(f"{factory_file}:make", model_args={"depth": 2}, device="meta")
+    assert all(t.is_meta for t in meta.state_dict().values()) and not meta.training
+    assert {k: v.shape for k, v in meta.state_dict().items()} == {k: v.shape for k, v in built.state_dict().items()}
+    assert not torch.empty(1).is_meta  # the default device is restored
+    assert load_model("timm:resnet10t", device="meta").conv1[0].weight.is_meta
+    with pytest.raises(WeightsError, match="meta"):
+        load_model(f"{factory_file}:make", weights="w.safetensors", device="meta")
 
 
 def test_global_rng_state_is_untouched(factory_file: Path) -> None:

@@ -256,6 +256,34 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--out", type=Path, required=True, help="folder for recipe.json and model.safetensors")
     pm.add_argument("--json", action="store_true", help="print JSON instead of tables")
     pm.set_defaults(run=_run_fix_padding_mode)
+
+    sw = sub.add_parser("sweep", help="architecture survey: one CSV row of weight-free numbers per model of a zoo",
+                        description="Builds every model matching the patterns (timm:PATTERN, torchvision:PATTERN: "
+                                    "fnmatch wildcards, case-insensitive; anything else is one model) on the meta "
+                                    "device and writes one row per model to --csv: parameters, FLOPs, the last "
+                                    "map's receptive field, unproductive layers, uneven padding, culprit layers, "
+                                    "the structural dead-pixel index and the first token mixer. Rows are appended "
+                                    "as models finish; models already in the CSV are skipped (resumable). A model "
+                                    "that fails or times out is a failed row; exit 1 only when every model of the "
+                                    "run failed.")
+    sw.add_argument("models", nargs="+", metavar="MODEL",
+                    help="timm:PATTERN, torchvision:PATTERN, path/to/file.py:factory or path/to/model.onnx")
+    sw.add_argument("--input-size", type=parse_input_size, default=224, metavar="N|HxW",
+                    help="spatial input size of every model (default 224)")
+    sw.add_argument("--in-channels", type=int, default=None, help="input channels (default: each model's own)")
+    sw.add_argument("--seed", type=int, default=0,
+                    help="seed of the random init of models that cannot be built on meta (default 0)")
+    sw.add_argument("--csv", type=Path, required=True, help="the CSV file: appended to, and read to resume")
+    sw.add_argument("--jobs", type=_positive, default=1,
+                    help="worker processes (default 1: in this process); each uses cpu_count / jobs threads")
+    sw.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                    help="seconds per model before it counts as failed (default 600)")
+    sw.add_argument("--cnn-only", action="store_true",
+                    help="skip models with a token mixer (attention, token-mixing MLPs) before the analyses")
+    sw.add_argument("--retry-failed", action="store_true", help="survey failed rows of the CSV again")
+    sw.add_argument("--plot", type=Path, default=None, help="write receptive field vs GFLOPs (PNG) to this file")
+    sw.add_argument("--summary", type=Path, default=None, help="write the summary as Markdown to this file")
+    sw.set_defaults(run=_run_sweep)
     return parser
 
 
@@ -795,6 +823,40 @@ def _run_fix_padding_mode(args: argparse.Namespace, console: Console) -> int:
     console.print(f"wrote {recipe_file} and {weights_file}: rflens.apply_recipe(model, recipe, weights=...) "
                   "rebuilds the fixed model")
     return 0
+
+
+def _run_sweep(args: argparse.Namespace, console: Console) -> int:
+    import shlex
+
+    from rflens.report.sweep import progress_bar, summary_markdown, summary_text, sweep_figure
+    from rflens.sweep import size_text, sweep
+
+    if args.timeout <= 0:
+        raise RflensError(f"--timeout must be positive, got {args.timeout:g}")
+    command = ["rflens", "sweep", *args.models, "--input-size", size_text(args.input_size), "--csv", str(args.csv)]
+    for option, value in (("--in-channels", args.in_channels), ("--seed", args.seed or None),
+                          ("--jobs", args.jobs if args.jobs > 1 else None),
+                          ("--timeout", f"{args.timeout:g}" if args.timeout != 600 else None),
+                          ("--plot", args.plot), ("--summary", args.summary)):
+        if value is not None:
+            command += [option, str(value)]
+    command += [flag for flag, on in (("--cnn-only", args.cnn_only), ("--retry-failed", args.retry_failed)) if on]
+    errors = Console(stderr=True)
+    bar, progress = progress_bar(errors)
+    with bar:
+        result = sweep(args.models, args.input_size, jobs=args.jobs, csv_path=args.csv, in_channels=args.in_channels,
+                       seed=args.seed, cnn_only=args.cnn_only, timeout=args.timeout, retry_failed=args.retry_failed,
+                       progress=progress,
+                       announce=lambda text: errors.print(text, highlight=False, markup=False, soft_wrap=True))
+    if args.plot is not None:
+        sweep_figure(result).savefig(args.plot, dpi=120, bbox_inches="tight")
+    if args.summary is not None:
+        args.summary.write_text(summary_markdown(result, shlex.join(command)))
+    console.print(summary_text(result), highlight=False, markup=False, soft_wrap=True)
+    for path in (args.csv, args.plot, args.summary):
+        if path is not None:
+            console.print(f"wrote {path}", highlight=False)
+    return result.exit_code
 
 
 def _json_document(args: argparse.Namespace, doc: dict) -> bool:

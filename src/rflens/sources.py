@@ -62,14 +62,24 @@ def load_model(
     model_args: Mapping[str, Any] | None = None,
     weights: str | os.PathLike | None = None,
     seed: int = 0,
+    device: str | torch.device | None = None,
 ) -> torch.nn.Module:
     """Build (or take) the model named by ``spec``, load ``weights`` if given, and return it in eval mode.
 
     Construction runs under a forked, seeded RNG: the same seed always gives the same parameters and the
     caller's global random state is left exactly as it was. Eval mode because analysis must not update
     batch-norm statistics or apply dropout.
+
+    ``device``: build a spec string's model with ``torch.device(device)`` as the default device. ``"meta"``
+    gives parameters without storage and skips the cost of the random init (large models build in
+    milliseconds); every weight-free analysis captures on meta anyway. A constructor that needs real values
+    (``.item()``, ``.tolist()`` of a tensor it made) fails on meta: build it without ``device`` then. Ignored
+    for an ``nn.Module`` instance and an ONNX file (already built); refused with ``weights`` on meta.
     """
     args = dict(model_args or {})
+    meta = device is not None and torch.device(device).type == "meta"
+    if meta and weights is not None:
+        raise WeightsError(f"weights ({weights}) cannot be loaded into a model built on the meta device")
     if isinstance(spec, str) and spec.lower().endswith(".onnx"):
         return _load_onnx(spec, args, weights)
     if isinstance(spec, torch.nn.Module):
@@ -81,7 +91,7 @@ def load_model(
         model = spec
     elif isinstance(spec, str):
         loader, target = _resolve(spec)
-        with _seeded(seed):
+        with _seeded(seed), (torch.device(device) if device is not None else contextlib.nullcontext()):
             model = loader(target, args)
     else:
         raise ModelSourceError(f"model spec must be {_ACCEPTED_FORMS}, got {type(spec).__name__}")
@@ -184,9 +194,19 @@ def _load_torchvision(name: str, args: dict[str, Any]) -> torch.nn.Module:
     known = torchvision.models.list_models()
     if name.lower() not in known:
         raise _unknown_name("torchvision", name, known)
+    import inspect
+
+    # no download ever: detection and segmentation builders would fetch ImageNet weights for their backbone
+    offline = {"weights": None}
+    if "weights_backbone" in inspect.signature(torchvision.models.get_model_builder(name.lower())).parameters:
+        offline["weights_backbone"] = None
+    if set(offline) & set(args):
+        raise ModelSourceError(f"torchvision model {name!r}: rflens builds it without downloading weights "
+                               f"({', '.join(sorted(set(offline) & set(args)))} refused); load a weights file "
+                               "with --weights")
     return _build(
         f"torchvision model {name!r}",
-        lambda **kw: torchvision.models.get_model(name, weights=None, **kw),
+        lambda **kw: torchvision.models.get_model(name, **offline, **kw),
         args,
     )
 
