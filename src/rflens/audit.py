@@ -118,7 +118,7 @@ that build it: ``--model-arg``, ``--weights``...; default: ``model_name``); ``to
     from rflens.checks import verdicts
     from rflens.deadpixel import dead_pixel_test
     from rflens.erf import erf, structural_at
-    from rflens.padding import DEFAULT_RANGE, last_map, padding_report
+    from rflens.padding import last_map, padding_report
     from rflens.rf import analyse
 
     if gradients:
@@ -152,8 +152,6 @@ that build it: ``--model-arg``, ``--weights``...; default: ``model_name``); ``to
     border = border_report(model, size, in_channels=channels, device=trace_on, model_name=name, top=top)
     stage("padding")
     padding = padding_report(model, size, in_channels=channels, device=trace_on, model_name=name,
-                             size_range=(min(DEFAULT_RANGE[0], max(1, min(size) // 2)),
-                                         max(DEFAULT_RANGE[1], 2 * max(size))),
                              progress=None if progress is None else lambda d, t: progress("padding", d, t))
     stage("dead pixels")
     dead = dead_pixel_test(model, size, in_channels=channels, device=device, model_name=name)

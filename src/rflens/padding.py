@@ -421,8 +421,8 @@ def padding_report(model: Any, input_size: int | Sequence[int], *, in_channels: 
                    modes: Sequence[str] = ("model", *WHAT_IF_MODES), layer: str = "output", max_traces: int = 64,
                    progress: Callable[[int, int], None] | None = None) -> PaddingReport:
     """Uneven layers of ``model`` at ``input_size``, the input sizes without any (``size_range``, default
-    32..1024 when the graph can be carried to other sizes, else the ``max_traces`` sizes around the requested
-    one, each traced), and the foveation maps under ``modes``."""
+    32..1024, widened to half and twice the requested size, when the graph can be carried to other sizes, else
+    the ``max_traces`` sizes around the requested one, each traced), and the foveation maps under ``modes``."""
     from rflens.border import Resolutions
     from rflens.capture import capture
 
@@ -436,7 +436,9 @@ def padding_report(model: Any, input_size: int | Sequence[int], *, in_channels: 
     res = Resolutions(graph, trace)
     notes = []
     size = graph.input_size
-    ranges = [size_range or DEFAULT_RANGE] * len(size)
+    # default: 32..1024, widened to reach half and twice the requested size
+    ranges = [size_range or (min(DEFAULT_RANGE[0], max(1, min(size) // 2)), max(DEFAULT_RANGE[1], 2 * max(size)))
+              ] * len(size)
     if not res.resizable:
         notes.append(f"every size was traced again: {res.retrace_reason}")
         if size_range is None:  # the max_traces sizes around each axis's own size
