@@ -25,6 +25,7 @@ from rflens.distributed import (
     printed_here,
     rank_device,
     rendezvous,
+    same_weights,
 )
 from rflens.erf_inputs import noise
 from rflens.errors import RflensError
@@ -65,8 +66,9 @@ def plain():
     return Net(False)
 
 
-def seeded_by_rank():
-    torch.manual_seed(int(os.environ.get("RANK", "0")))
+def fails_on_rank_1():
+    if os.environ.get("RANK") == "1":
+        raise RuntimeError("no such checkpoint on this node")
     return Net(False)
 '''
 
@@ -165,11 +167,12 @@ def test_a_failure_on_one_rank_ends_every_rank(workdir):
     assert "rank 0: rank 1 failed: cannot read image 'images/1/zz.png'" in done.stderr
 
 
-def test_ranks_with_different_weights_are_refused(workdir):
-    done = torchrun(workdir, "erf", "net.py:seeded_by_rank", "--input-size", "32", "--num-images", "2",
-                    "--layer", "conv2", "--log-scale", "--plot", "x.png")
+def test_a_model_that_fails_to_build_on_one_rank_ends_every_rank(workdir):
+    done = torchrun(workdir, "erf", "net.py:fails_on_rank_1", "--input-size", "32", "--num-images", "2",
+                    "--layer", "conv2")
     assert done.returncode != 0
-    assert done.stderr.count("the ranks hold different weights") == 1  # said once, by rank 0
+    assert done.stderr.count("no such checkpoint on this node") == 2  # rank 1 says it, rank 0 quotes it
+    assert "rank 0: rank 1 failed: factory 'fails_on_rank_1' in net.py raised RuntimeError" in done.stderr
 
 
 API_SCRIPT = '''
@@ -189,16 +192,24 @@ model = load_model("net.py:with_nan")
 images = torch.randn(7, 3, 24, 24, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 images[5] += 10  # bright: a NaN map, on rank 1 (ranks take images 0-3 and 4-6)
 out = {}
-result = rflens.erf(model, "conv3", inputs=images, dtype=torch.float64)
+result = rflens.erf(model, "conv3", inputs=images, dtype=torch.float64, distributed=True)
 np.save(f"api_map{rank}.npy", result.map)
 out["shared"] = [result.n, result.nonfinite, result.metrics]
-alone = rflens.erf(model, "conv3", inputs=images[:2 + rank], dtype=torch.float64, distributed=False)
+alone = rflens.erf(model, "conv3", inputs=images[:2 + rank], dtype=torch.float64)  # the default: this rank alone
 out["alone"] = alone.n
-try:
-    rflens.erf(model, "conv3", inputs=images[:2 + rank], dtype=torch.float64)
-except RflensError as exc:
-    out["different images"] = str(exc)
-again = rflens.erf(model, "conv3", inputs=images, dtype=torch.float64)  # the group still works
+
+
+def error(**kwargs):
+    try:
+        rflens.erf(kwargs.pop("model", model), "conv3", dtype=torch.float64, distributed=True, **kwargs)
+    except RflensError as exc:
+        return str(exc)
+
+
+out["different images"] = error(inputs=images[:2 + rank])
+out["different weights"] = error(model=load_model("net.py:with_nan", seed=rank), inputs=images)
+out["missing folder"] = error(inputs="no-such-folder" if rank == 1 else images)  # before any image is read
+again = rflens.erf(model, "conv3", inputs=images, dtype=torch.float64, distributed=True)  # the group still works
 out["again"] = bool(np.array_equal(again.map, result.map))
 json.dump(out, open(f"api{rank}.json", "w"))
 dist.destroy_process_group()
@@ -206,9 +217,10 @@ dist.destroy_process_group()
 
 
 def test_python_api_in_the_users_process_group(workdir):
-    """rflens.erf inside a process group the user made: tensors sharded 4 + 3 with a NaN map on rank 1, the same
-    map on both ranks and as one process; distributed=False is this rank alone; ranks given different images
-    are refused on every rank and the group stays usable."""
+    """rflens.erf(distributed=True) inside a process group the user made: tensors shared 4 + 3 with a NaN map on
+    rank 1, the same map on both ranks and as one process; by default a rank computes alone; ranks given
+    different images or weights are refused on every rank, a folder missing on rank 1 fails rank 0 too, and
+    the group stays usable."""
     import torch
 
     import rflens
@@ -230,6 +242,10 @@ def test_python_api_in_the_users_process_group(workdir):
         assert doc["alone"] == 2 + r
         assert doc["different images"] == "the ranks see different image sets (2, 3 images): every rank must be " \
                                          "given the same images"
+        assert doc["different weights"] == "the ranks hold different weights: build every rank's model with " \
+                                          "the same seed or load the same weights"
+        missing = "image folder 'no-such-folder' does not exist or is not a folder"
+        assert doc["missing folder"] == (f"rank 1 failed: {missing}" if r == 0 else missing)
         assert doc["again"] is True
 
 
@@ -249,8 +265,10 @@ def test_shards_cover_the_images_once_in_order(count, ranks, labelled):
         assert [x for s in shards for x in s.labels] == source.labels
     for s in shards:
         assert s.total == source.total and s.description == source.description
-        if s.count:
-            assert np.array_equal(next(s.batches(s.count)).numpy(), source._load(list(s.indices)).numpy())
+    if source.count:  # the shards' images, in rank order, are the whole source's images (batch sizes 1 and 3)
+        whole = np.concatenate([b.numpy() for b in source.batches(3)])
+        sharded = np.concatenate([b.numpy() for s in shards for b in s.batches(1)])
+        assert np.array_equal(whole, sharded)
 
 
 def test_launch_from_env():
@@ -271,21 +289,34 @@ def test_slurm_rendezvous():
     launch = Launch(2, 4, 0, "slurm")
     env = {"SLURM_STEP_NODELIST": "gpu[07-08,11],cpu1", "SLURM_JOB_ID": "123456"}
     assert rendezvous(launch, env) == {"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "MASTER_ADDR": "gpu07",
-                                       "MASTER_PORT": str(20000 + 123456 % 20000)}
+                                       "MASTER_PORT": str(20000 + 123456 * 1009 % 20000)}
     given = rendezvous(launch, env | {"MASTER_ADDR": "head", "MASTER_PORT": "4000"})
     assert (given["MASTER_ADDR"], given["MASTER_PORT"]) == ("head", "4000")
     with pytest.raises(RflensError, match="set MASTER_ADDR"):
         rendezvous(launch, {})
     assert rendezvous(Launch(1, 2, 1, "torchrun"), {}) == {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}
-    assert [first_host(x) for x in ("node7", "node[3-5]", "a[09,12-14]", "x-1,y-2")] == ["node7", "node3", "a09",
-                                                                                        "x-1"]
+    assert [first_host(x) for x in ("node7", "node[3-5]", "a[09,12-14]", "x-1,y-2", "node[001-004,007]",
+                                    "a-b[1-3]", "node[1-3]-ib", "rack[1-2]-n[01-04],z")] == \
+        ["node7", "node3", "a09", "x-1", "node001", "a-b1", "node1-ib", "rack1-n01"]
+    ports = {rendezvous(launch, env | {"SLURM_STEP_ID": str(step)})["MASTER_PORT"] for step in range(4)}
+    assert len(ports) == 4 and all(20000 <= int(p) < 40000 for p in ports)  # one per step of a job
 
 
-def test_rank_device():
+def test_rank_device(monkeypatch):
+    import torch
+
     launch = Launch(1, 2, 1, "torchrun")
     assert rank_device("cpu", launch) == "cpu"
     with pytest.raises(RflensError, match="give --device cuda"):
         rank_device("cuda:1", launch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for visible, local, expected in [(8, 5, "cuda:5"), (1, 5, "cuda:0"), (2, 1, "cuda:1"), (2, 2, None)]:
+        monkeypatch.setattr(torch.cuda, "device_count", lambda visible=visible: visible)
+        if expected is None:
+            with pytest.raises(RflensError, match="sees 2 GPUs"):
+                rank_device("cuda", Launch(local, 4, local, "torchrun"))
+        else:
+            assert rank_device("cuda", Launch(local, 8, local, "slurm")) == expected
 
 
 def test_who_prints_an_error():
@@ -294,3 +325,11 @@ def test_who_prints_an_error():
     shared = on_every_rank(RankFailure("rank 1 failed: bad file"))
     assert printed_here(own, launch1) and printed_here(shared, launch0) and not printed_here(shared, launch1)
     assert printed_here(RflensError("x"), None) and printed_here(RflensError("x"), launch1)
+    early = RflensError("bad file")
+    early.rflens_printed = True  # printed by the failing rank while it waited for the others
+    assert not printed_here(early, launch0) and not printed_here(early, None)
+
+
+def test_same_weights_tolerates_rounding():
+    assert same_weights((1.0, 2.0), (1.0 + 1e-13, 2.0)) and not same_weights((1.0, 2.0), (1.001, 2.0))
+    assert same_weights((float("nan"), 1.0), (float("nan"), 1.0))

@@ -438,7 +438,8 @@ def _run_border(args: argparse.Namespace, console: Console) -> int:
 
 
 def _run_erf(args: argparse.Namespace, console: Console) -> int:
-    """One process, or one rank of a torchrun/SLURM launch: every rank computes its share, rank 0 reports."""
+    """One process, or one rank of a torchrun/SLURM launch: every rank computes its share inside the process
+    group, and rank 0 writes after leaving it (a failure to write then cannot hold the other ranks)."""
     import io
 
     from rflens.distributed import launch_from_env, process_group
@@ -446,26 +447,34 @@ def _run_erf(args: argparse.Namespace, console: Console) -> int:
     launch = launch_from_env()
     if args.layers and args.unit is not None:
         raise RflensError("--unit applies to one layer; with --layers every layer uses its centre unit")
+    first = launch is None or launch.rank == 0
+    quiet = Console(file=io.StringIO())
     with process_group(launch, args.device) as device:
         args.device = device
-        if launch is None or launch.rank == 0:
-            ranks = f" (rank 0 of {launch.world_size}: its share of the images)" if launch else ""
-            return _erf_command(args, console, Console(stderr=True), ranks, report=True)
-        quiet = Console(file=io.StringIO())
-        return _erf_command(args, quiet, quiet, "", report=False)
+        ranks = f" (rank 0 of {launch.world_size}: its share of the images)" if launch else ""
+        results = _erfs(args, console if first else quiet, Console(stderr=True) if first else quiet, ranks,
+                        launch is not None)
+    return _report_erfs(args, console, results) if first else 0
 
 
-def _erf_command(args: argparse.Namespace, console: Console, errors: Console, ranks: str, report: bool) -> int:
-    """The ERFs of ``args``; ``report``: print and write them (rank 0 of a launch, or the only process)."""
+def _erfs(args: argparse.Namespace, console: Console, errors: Console, ranks: str, distributed: bool) -> list:
+    """The ERF of every layer of ``args``; ``distributed``: this process is a rank of a launch."""
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from rflens import distributed as dist
     from rflens.erf import erf, structural
-    from rflens.report.erf import erf_summary, erf_table
     from rflens.sources import describe
 
     layers = args.layers or [args.layer]
-    model = _load(args, console)
+    try:
+        model, failure = _load(args, console), None
+    except Exception as exc:  # a rank that cannot build its model must not leave the others waiting
+        if not distributed:
+            raise
+        model, failure = None, exc
+    if distributed:
+        dist.agree(failure)
     results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=errors, transient=True, disable=not errors.is_terminal) as bar:
@@ -480,11 +489,17 @@ def _erf_command(args: argparse.Namespace, console: Console, errors: Console, ra
                                input_size=args.input_size, in_channels=args.in_channels, device=args.device,
                                dtype=getattr(torch, args.dtype), seed=args.noise_seed, crop=not args.no_crop,
                                fold=not args.no_fold, channels_last=False if args.contiguous else None,
-                               model_name=describe(args.model),
+                               model_name=describe(args.model), distributed=distributed,
                                progress=lambda done, total, task=task: bar.update(task, completed=done,
                                                                                   total=total)))
-    if not report:
-        return 0
+    return results
+
+
+def _report_erfs(args: argparse.Namespace, console: Console, results: list) -> int:
+    from rflens.report.erf import erf_summary, erf_table
+    from rflens.sources import describe
+
+    layers = args.layers or [args.layer]
     map_file = args.map if args.map is not None else (args.out.with_suffix(".npy") if args.out else None)
     docs = []
     for i, result in enumerate(results):
@@ -889,7 +904,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RflensError as exc:
         from rflens.distributed import launch_from_env, printed_here
 
-        launch = launch_from_env()
+        try:
+            launch = launch_from_env()
+        except RflensError:  # a malformed RANK: that is the error being printed
+            launch = None
         if not printed_here(exc, launch):
             return 2
         where = f"rank {launch.rank}: " if launch is not None else ""

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import os
 import re
-from collections.abc import Iterator, Mapping
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,8 +41,11 @@ def on_every_rank(error: BaseException, same: bool = True) -> BaseException:
 
 
 def printed_here(error: BaseException, launch: Launch | None) -> bool:
-    """Whether this process prints ``error``: always outside a launch and on rank 0; on another rank unless every
-    rank raised it (another rank's failure, a conclusion of the added-up result)."""
+    """Whether this process prints ``error``: not when it was printed as it happened (:func:`agree`); always
+    outside a launch and on rank 0; on another rank unless every rank raised it (another rank's failure, a
+    conclusion of the added-up result)."""
+    if getattr(error, "rflens_printed", False):
+        return False
     return launch is None or launch.rank == 0 or not getattr(error, "rflens_same", False)
 
 
@@ -73,18 +78,18 @@ def launch_from_env(env: Mapping[str, str] | None = None) -> Launch | None:
 
 
 def first_host(nodelist: str) -> str:
-    """The first host of a SLURM node list: ``node[03-05,9],gpu1`` -> ``node03``."""
-    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
-    if match is None:
+    """The first host of a SLURM node list: ``node[03-05,9],gpu1`` -> ``node03``, ``rack[1-2]-n[01-04]-ib`` ->
+    ``rack1-n01-ib`` (every bracket takes its first value)."""
+    match = re.match(r"(?:[^,\[]|\[[^\]]*\])+", nodelist.strip())
+    if match is None or match.group(0).count("[") != match.group(0).count("]"):
         raise RflensError(f"cannot read the SLURM node list {nodelist!r}: set MASTER_ADDR")
-    prefix, ranges = match.groups()
-    return prefix + (ranges.split(",")[0].split("-")[0] if ranges else "")
+    return re.sub(r"\[([^\]]*)\]", lambda m: re.split(r"[,-]", m.group(1))[0], match.group(0))
 
 
 def rendezvous(launch: Launch, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The variables ``torch.distributed``'s ``env://`` rendezvous reads. torchrun sets them; for a SLURM step
-    they come from SLURM: the address of the step's first node and a port derived from the job id (the same
-    on every rank), unless ``MASTER_ADDR``/``MASTER_PORT`` are set."""
+    they come from SLURM: the address of the step's first node and a port derived from the job and step ids
+    (the same on every rank of the step), unless ``MASTER_ADDR``/``MASTER_PORT`` are set."""
     env = os.environ if env is None else env
     out = {"RANK": str(launch.rank), "WORLD_SIZE": str(launch.world_size), "LOCAL_RANK": str(launch.local_rank)}
     if launch.launcher == "torchrun":
@@ -93,12 +98,14 @@ def rendezvous(launch: Launch, env: Mapping[str, str] | None = None) -> dict[str
     address = env.get("MASTER_ADDR") or (first_host(nodes) if nodes else None)
     if address is None:
         raise RflensError("a SLURM step without a node list: set MASTER_ADDR (and MASTER_PORT)")
-    port = env.get("MASTER_PORT") or str(20000 + int(env.get("SLURM_JOB_ID", "0") or 0) % 20000)
+    step = int(env.get("SLURM_JOB_ID", "0") or 0) * 1009 + int(env.get("SLURM_STEP_ID", "0") or 0)
+    port = env.get("MASTER_PORT") or str(20000 + step % 20000)  # two steps of one job get two ports
     return out | {"MASTER_ADDR": address, "MASTER_PORT": port}
 
 
 def rank_device(device: str, launch: Launch) -> str:
-    """The device of this rank: ``cuda`` becomes the GPU of its local rank; CPU stays CPU."""
+    """The device of this rank: ``cuda`` becomes the GPU of its local rank, or the only GPU it sees; CPU stays
+    CPU."""
     dev = torch.device(device)
     if dev.type != "cuda":
         return device
@@ -107,16 +114,21 @@ def rank_device(device: str, launch: Launch) -> str:
                           "rank takes the GPU of its local rank")
     if not torch.cuda.is_available():
         raise RflensError("--device cuda was asked for but PyTorch sees no CUDA device")
-    if launch.local_rank >= torch.cuda.device_count():
-        raise RflensError(f"rank {launch.rank} has local rank {launch.local_rank} but this node has "
-                          f"{torch.cuda.device_count()} GPU(s): launch at most that many processes per node")
+    visible = torch.cuda.device_count()
+    if visible == 1:  # one GPU per task (srun --gpus-per-task 1 binds each task to its own)
+        return "cuda:0"
+    if launch.local_rank >= visible:
+        raise RflensError(f"rank {launch.rank} has local rank {launch.local_rank} but sees {visible} GPUs: launch "
+                          "at most that many processes per node, or bind one GPU to each")
     return f"cuda:{launch.local_rank}"
 
 
 @contextlib.contextmanager
-def process_group(launch: Launch | None, device: str, timeout_s: float = 1800) -> Iterator[str]:
+def process_group(launch: Launch | None, device: str, timeout_s: float = 24 * 3600) -> Iterator[str]:
     """Joins the launch's process group for the block (NCCL for CUDA, gloo otherwise) and yields this rank's
-    device; a single process (``launch`` None) yields ``device`` and joins nothing."""
+    device; a single process (``launch`` None) yields ``device`` and joins nothing. ``timeout_s`` bounds how
+    long a rank waits for the others at a collective: a rank whose share failed waits there until the others
+    have finished theirs, so it is long."""
     import torch.distributed as dist
 
     if launch is None:
@@ -158,12 +170,18 @@ def backend() -> str:
     return str(dist.get_backend())
 
 
-def parameter_fingerprint(model: torch.nn.Module) -> str:
-    """A float64 sum over the model's parameters and buffers (as hex, so that NaN equals NaN): ranks that built
-    or loaded different weights would average different networks."""
+def parameter_fingerprint(model: torch.nn.Module) -> tuple[float, float]:
+    """The float64 sum and sum of squares over the model's parameters and buffers: ranks that built or loaded
+    different weights would average different networks. Compared with a relative tolerance
+    (:func:`same_weights`): the rounding of a sum depends on the thread count and the device."""
     with torch.no_grad():
-        return float(sum(t.detach().double().sum().item() for t in
-                         [*model.parameters(), *model.buffers()] if t.is_floating_point())).hex()
+        tensors = [t.detach().double() for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()]
+        return (float(sum(t.sum().item() for t in tensors)), float(sum(t.square().sum().item() for t in tensors)))
+
+
+def same_weights(a: Sequence[float], b: Sequence[float], rel: float = 1e-9) -> bool:
+    return all(math.isclose(x, y, rel_tol=rel, abs_tol=1e-12) or (math.isnan(x) and math.isnan(y))
+               for x, y in zip(a, b, strict=True))
 
 
 @dataclass(frozen=True)
@@ -175,35 +193,48 @@ class Partial:
     bad: int
 
 
-def reduce_over_ranks(part: Partial | BaseException, shape: tuple[int, ...], *, images: int, fingerprint: str,
-                      device: torch.device) -> Partial:
-    """The parts of every rank added up, on every rank. ``images`` (the whole image set's size) and
-    ``fingerprint`` must agree over the ranks. Raises on every rank when one failed (``part`` an exception:
-    that rank re-raises its own error, the others a :class:`RankFailure` quoting it)."""
+def agree(failure: BaseException | None) -> None:
+    """Every rank tells whether it failed; when one did, every rank raises: the failing rank its own error
+    (printed on stderr at once, since it waits here for the others to finish their share), the others a
+    :class:`RankFailure` quoting it. A collective: every rank of the group must call it."""
     import torch.distributed as dist
 
-    failure = None if isinstance(part, Partial) else str(part) if isinstance(part, RflensError) else \
-        f"{type(part).__name__}: {part}"
-    facts = (failure, images, fingerprint)
+    text = None
+    if failure is not None:
+        text = str(failure) if isinstance(failure, RflensError) else f"{type(failure).__name__}: {failure}"
+        print(f"error: rank {dist.get_rank()}: {text} (waiting for the other ranks to stop)", file=sys.stderr,
+              flush=True)
+        failure.rflens_printed = True  # type: ignore[attr-defined]
     everyone: list = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, facts)
-    failed = [(r, f[0]) for r, f in enumerate(everyone) if f[0] is not None]
-    if failed:
-        if isinstance(part, BaseException):
-            raise on_every_rank(part, same=False)
-        rank, text = failed[0]
-        raise on_every_rank(RankFailure(f"rank {rank} failed: {text}"))
-    if len({f[1] for f in everyone}) > 1:
+    dist.all_gather_object(everyone, text)
+    failed = [(r, t) for r, t in enumerate(everyone) if t is not None]
+    if not failed:
+        return
+    if failure is not None:
+        raise on_every_rank(failure, same=False)
+    rank, text = failed[0]
+    raise on_every_rank(RankFailure(f"rank {rank} failed: {text}"))
+
+
+def reduce_over_ranks(part: Partial, shape: tuple[int, ...], *, images: int, fingerprint: tuple[float, float]
+                      ) -> Partial:
+    """The parts of every rank added up, on every rank (after :func:`agree` found no failure). ``images`` (the
+    whole image set's size) and ``fingerprint`` must agree over the ranks."""
+    import torch.distributed as dist
+
+    agree(None)
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, (images, fingerprint))
+    if len({f[0] for f in everyone}) > 1:
         raise on_every_rank(RflensError(f"the ranks see different image sets "
-                                        f"({', '.join(str(f[1]) for f in everyone)} images): every rank must be "
+                                        f"({', '.join(str(f[0]) for f in everyone)} images): every rank must be "
                                         "given the same images"))
-    if len({f[2] for f in everyone}) > 1:
+    if not all(same_weights(f[1], everyone[0][1]) for f in everyone):
         raise on_every_rank(RflensError("the ranks hold different weights: build every rank's model with the same "
                                         "seed or load the same weights"))
-    assert isinstance(part, Partial)
     total = torch.zeros(shape, dtype=torch.float64) if part.total is None else torch.from_numpy(part.total)
     counts = torch.tensor([part.count, part.bad, part.total is not None], dtype=torch.float64)
-    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     total, counts = total.to(on), counts.to(on)
     dist.all_reduce(total)
     dist.all_reduce(counts)

@@ -115,7 +115,7 @@ def erf(model: torch.nn.Module, layer: str = "output", *, inputs: Any = None, pr
         input_size: int | Sequence[int] | None = None, in_channels: int | None = None, device: str = "cpu",
         dtype: torch.dtype = torch.float32, seed: int = 0, crop: bool = True, fold: bool = True,
         channels_last: bool | None = None, progress: Callable[[int, int | None], None] | None = None,
-        model_name: str | None = None, target_class: int | None = None, distributed: bool = True) -> ERF:
+        model_name: str | None = None, target_class: int | None = None, distributed: bool = False) -> ERF:
     """The gradient ERF of ``unit`` (default: the centre, ``n // 2`` per axis) of ``layer`` (a module name, or
     ``"output"`` for the model's output) under ``protocol`` ("replknet", "kim" or "luo").
 
@@ -127,8 +127,9 @@ def erf(model: torch.nn.Module, layer: str = "output", *, inputs: Any = None, pr
     target; with the kim protocol on a classifier's output, a labelled picture folder (one subfolder per class)
     gives each image its true class.
     ``distributed``: inside an initialised ``torch.distributed`` process group of several ranks (``torchrun``,
-    :mod:`rflens.distributed`), every rank calls this with the same arguments, takes its shard of the images and
-    returns the ERF of all of them; False computes this process's images alone.
+    :mod:`rflens.distributed`), every rank calls this with the same arguments, takes its share of the images and
+    returns the ERF of all of them (``rflens erf`` under torchrun does this); by default this process computes
+    its images alone, whatever group it is in.
     The user's model is left as it was (training flags restored, parameters untouched).
     """
     from rflens.capture_onnx import require_pytorch
@@ -143,43 +144,42 @@ def erf(model: torch.nn.Module, layer: str = "output", *, inputs: Any = None, pr
     if any(p.is_meta for p in model.parameters()):
         raise RflensError("the model's parameters are on the meta device (they hold no values): build it with "
                           "real (random or trained) weights")
-    source = _source(model, inputs, n, input_size, in_channels, seed)
-    trace = _tracer(model, source.in_channels, dev)
-    graph, calls = _capture(model, layer, source, trace)
-    node_id, unit, trf_box, fields = _probe(graph, layer, unit)
-    if node_id is None:
-        where = ConePlan(None, unit, (), "the output is not a spatial map (a global op, e.g. the classifier's pooling)")
-    else:
-        where = (plan(graph, node_id, unit, fields, capture_at=trace) if crop
-                 else ConePlan(None, unit, graph.nodes[node_id].sizes, "cropping switched off"))
-    runner, _, folding = fold_batchnorm(model, None if layer == "output" else layer, dtype) if fold else \
-        (model, 0, "batch norm not folded (switched off)")
-    run_size = tuple(b - a for a, b in where.crop) if where.crop else source.input_size
-    coupled = [name for name, m in model.named_modules()
-               if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is None]
-    if coupled:  # it normalises with the statistics of the batch even in eval mode: images are not independent
-        batch = 1
-        folding += f"; batch size 1 because '{coupled[0]}' normalises with batch statistics"
-    else:
-        batch = batch_size if batch_size is not None else default_batch_size(run_size)
-    layout = torch.channels_last if (graph.ndim == 2 if channels_last is None else channels_last) and \
-        graph.ndim == 2 else torch.contiguous_format
     rank, ranks = dist.ranks() if distributed else (0, 1)
-    if source.count == 0:
-        raise RflensError("no input images")
-    mine = source.shard(rank, ranks) if ranks > 1 else source
-    aim = Aim(proto, target_class, _labels(mine, proto, node_id is None))
-    try:
-        part: dist.Partial | Exception = _run(runner, layer, calls, aim, mine, where, batch, dev, dtype, layout,
-                                              progress)
-    except Exception as exc:  # every rank must hear of it before the sums travel
+    try:  # in a launch, a failure on one rank (a missing folder, CUDA out of memory) must reach every rank
+        source = _source(model, inputs, n, input_size, in_channels, seed)
+        trace = _tracer(model, source.in_channels, dev)
+        graph, calls = _capture(model, layer, source, trace)
+        node_id, unit, trf_box, fields = _probe(graph, layer, unit)
+        if node_id is None:
+            where = ConePlan(None, unit, (), "the output is not a spatial map (a global op, e.g. the classifier's "
+                                             "pooling)")
+        else:
+            where = (plan(graph, node_id, unit, fields, capture_at=trace) if crop
+                     else ConePlan(None, unit, graph.nodes[node_id].sizes, "cropping switched off"))
+        runner, _, folding = fold_batchnorm(model, None if layer == "output" else layer, dtype) if fold else \
+            (model, 0, "batch norm not folded (switched off)")
+        run_size = tuple(b - a for a, b in where.crop) if where.crop else source.input_size
+        coupled = [name for name, m in model.named_modules()
+                   if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is None]
+        if coupled:  # it normalises with the batch's statistics even in eval mode: images are not independent
+            batch = 1
+            folding += f"; batch size 1 because '{coupled[0]}' normalises with batch statistics"
+        else:
+            batch = batch_size if batch_size is not None else default_batch_size(run_size)
+        layout = torch.channels_last if (graph.ndim == 2 if channels_last is None else channels_last) and \
+            graph.ndim == 2 else torch.contiguous_format
+        if source.count == 0:
+            raise RflensError("no input images")
+        mine = source.shard(rank, ranks) if ranks > 1 else source
+        aim = Aim(proto, target_class, _labels(mine, proto, node_id is None))
+        part = _run(runner, layer, calls, aim, mine, where, batch, dev, dtype, layout, progress)
+        fingerprint = dist.parameter_fingerprint(model) if ranks > 1 else (0.0, 0.0)
+    except Exception as exc:
         if ranks == 1:
             raise
-        part = exc
+        dist.agree(exc)  # raises on every rank
     if ranks > 1:
-        part = dist.reduce_over_ranks(part, run_size, images=source.total, device=dev,
-                                      fingerprint=dist.parameter_fingerprint(model))
-    assert isinstance(part, dist.Partial)
+        part = dist.reduce_over_ranks(part, run_size, images=source.total, fingerprint=fingerprint)
     if part.count == 0:
         raise dist.on_every_rank(RflensError(f"all {part.bad} gradient maps had NaN or inf values; no ERF to "
                                              "report (try dtype float64, or check the model's weights)"))
