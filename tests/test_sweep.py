@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import signal
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,13 @@ MODELS_SOURCE = textwrap.dedent(
 
     def data_dependent():
         return DataDependent()
+
+
+    def anisotropic():
+        # different kernels, strides and paddings per axis, so that a swapped axis shows
+        return nn.Sequential(nn.Conv2d(3, 4, (3, 5), stride=(2, 1), padding=(1, 0)), nn.ReLU(),
+                             nn.Conv2d(4, 4, (1, 3), stride=(2, 2)), nn.ReLU(),
+                             nn.Conv2d(4, 4, (3, 1), padding=(1, 0)))
     """)
 
 
@@ -119,20 +127,23 @@ def per_axis(values) -> str:
     return texts[0] if len(set(texts)) == 1 else "x".join(texts)
 
 
-@pytest.mark.parametrize("spec,size", [("torchvision:squeezenet1_0", 64), ("timm:resnet10t", 96)])
-def test_row_equals_the_separate_analyses(spec: str, size: int) -> None:
+@pytest.mark.parametrize("spec,size", [("torchvision:squeezenet1_0", 64), ("timm:resnet10t", 96),
+                                       ("MODELS:anisotropic", (33, 40))])
+def test_row_equals_the_separate_analyses(spec: str, size, models_file: Path) -> None:
+    spec = spec.replace("MODELS", str(models_file))
     row = survey(spec, size, model_name=spec)
     model = load_model(spec)  # built on the CPU with its seeded init: the row's model was built on meta
     rf = receptive_field(model, size)
-    final = rf.layer(module_of(rf.graph, last_map(rf.graph).id))
+    last = module_of(rf.graph, last_map(rf.graph).id)
+    final = rf.layer("" if last == "output" else last)  # "output": the model itself returns the last map
     border = border_report(model, size, suggestions=False)
     padding = padding_report(model, size, modes=("model",))
     dead = dead_pixel_test(model, size)
     nearest = padding.suggested_size()
-    assert row.status == "ok" and row.reason == "" and row.input_size == str(size)
+    assert row.status == "ok" and row.reason == "" and row.input_size == per_axis(rf.graph.input_size)
     assert (row.params, row.flops) == (border.total_params, border.total_flops) == (rf.graph.params, rf.graph.flops)
     assert (row.final_layer, row.final_rf, row.final_stride, row.is_global) == (
-        final.name, per_axis(final.rf), per_axis(final.stride), final.is_global)
+        last, per_axis(final.rf), per_axis(final.stride), final.is_global)
     assert row.unproductive_layers == len(border.unproductive)
     assert row.unproductive_flops_share == border.waste.flops_share
     assert row.uneven_layers == len(padding.uneven)
@@ -140,8 +151,10 @@ def test_row_equals_the_separate_analyses(spec: str, size: int) -> None:
     assert row.culprit_layers == len(dead.culprits)
     assert row.structural_l1 == dead.structural.indices.l1
     assert row.token_mixer == "" and row.seconds > 0
-    zoo, name = spec.split(":")
-    if zoo == "timm":  # the module timm registered it in
+    zoo, name = spec.rsplit(":", 1)
+    if zoo.endswith(".py"):  # both axes differ in every column that has axes
+        assert (row.input_size, row.final_rf, row.final_stride) == ("33x40", "11x7", "4x2")
+    elif zoo == "timm":  # the module timm registered it in
         import timm
 
         assert name in timm.list_models(module=row.family)
@@ -296,3 +309,42 @@ def test_a_row_cut_by_a_killed_sweep_is_surveyed_again(first_run, tmp_path: Path
     code, stdout, _ = run(capsys, *argv[:4], "--input-size", "64", "--csv", str(cut))
     assert code == 1 and "surveyed 1 of 3 models" in stdout
     assert without_seconds(read_csv(cut)) == without_seconds(read_csv(out))
+
+
+def test_a_last_row_without_its_newline_is_kept_and_the_next_starts_a_line(first_run, tmp_path: Path,
+                                                                           capsys) -> None:
+    _, argv, out, _, _ = first_run
+    done = tmp_path / "no_newline.csv"
+    with done.open("w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        writer.writerows(r for r in read_csv(out) if r["status"] != "failed")
+    done.write_text(done.read_text().rstrip("\r\n"))  # a whole row, but no line end
+    code, stdout, _ = run(capsys, *argv[:4], "--input-size", "64", "--csv", str(done))
+    assert code == 1 and "surveyed 1 of 3 models" in stdout  # only the failing model was left
+    assert without_seconds(read_csv(done)) == without_seconds(read_csv(out))
+
+
+def test_resuming_across_cnn_only(tmp_path: Path, capsys) -> None:
+    """A row a --cnn-only sweep skipped has no analyses: a full sweep surveys that model again. A --cnn-only
+    sweep counts a full sweep's row of a model with a token mixer as skipped."""
+    spec = "timm:resnet10t"
+    csv_path = tmp_path / "mixed.csv"
+    skipped = Row(spec, "resnet", "skipped", "token mixer: bmm in 'x'", "64", token_mixer="bmm in 'x'")
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        writer.writerow(skipped.to_csv())
+    code, stdout, _ = run(capsys, "sweep", spec, "--input-size", "64", "--csv", str(csv_path), "--cnn-only")
+    assert code == 0 and "surveyed 0 of 1" in stdout and "all 1 rows: 0 ok, 1 skipped" in stdout  # kept
+    assert [r["status"] for r in read_csv(csv_path)] == ["skipped"]
+    code, stdout, _ = run(capsys, "sweep", spec, "--input-size", "64", "--csv", str(csv_path))
+    assert code == 0 and [r["status"] for r in read_csv(csv_path)] == ["ok"]
+    row = Row.from_csv(read_csv(csv_path)[0])
+    with csv_path.open("w", newline="") as f:  # the same ok row, as if the model had a token mixer
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        writer.writerow(replace(row, token_mixer="bmm in 'x'").to_csv())
+    code, stdout, _ = run(capsys, "sweep", spec, "--input-size", "64", "--csv", str(csv_path), "--cnn-only")
+    assert code == 0 and "0 ok, 1 skipped, 0 failed" in stdout
+    assert [r["status"] for r in read_csv(csv_path)] == ["ok"]  # the file keeps what was measured

@@ -844,14 +844,17 @@ def _run_sweep(args: argparse.Namespace, console: Console) -> int:
     import shlex
 
     from rflens.report.sweep import progress_bar, summary_markdown, summary_text, sweep_figure
-    from rflens.sweep import size_text, sweep
+    from rflens.sweep import DEFAULT_TIMEOUT, size_text, sweep
 
+    for path in (args.plot, args.summary):  # found missing after an hours-long sweep would be too late
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
     if args.timeout <= 0:
         raise RflensError(f"--timeout must be positive, got {args.timeout:g}")
     command = ["rflens", "sweep", *args.models, "--input-size", size_text(args.input_size), "--csv", str(args.csv)]
     for option, value in (("--in-channels", args.in_channels), ("--seed", args.seed or None),
                           ("--jobs", args.jobs if args.jobs > 1 else None),
-                          ("--timeout", f"{args.timeout:g}" if args.timeout != 600 else None),
+                          ("--timeout", f"{args.timeout:g}" if args.timeout != DEFAULT_TIMEOUT else None),
                           ("--plot", args.plot), ("--summary", args.summary)):
         if value is not None:
             command += [option, str(value)]

@@ -109,11 +109,12 @@ class Row:
         return cls(**values)
 
 
-def _axes_text(values: Sequence[Any]) -> str:
-    """One value when every axis agrees, else the values joined by x; None as '' (one axis) or '-'."""
+def _axes_text(values: Sequence[Any], missing: str = "") -> str:
+    """One value when every axis agrees, else the values joined by x; None is ``missing`` when every axis has
+    none, else '-'."""
     texts = ["-" if v is None else str(v) for v in values]
     if len(set(texts)) == 1:
-        return "" if values[0] is None else texts[0]
+        return missing if values[0] is None else texts[0]
     return "x".join(texts)
 
 
@@ -206,16 +207,22 @@ def _time_limit(seconds: float | None) -> Iterator[None]:
         yield
         return
 
+    armed = [True]
+
     def alarm(signum: int, frame: Any) -> None:
-        raise SweepTimeout
+        if armed[0]:
+            raise SweepTimeout
 
     previous = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)  # again every second, should the model swallow it
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        try:
+            armed[0] = False
+        finally:  # restored even when the alarm fires just now
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
 
 
 def _build_and_capture(model: Any, input_size: int | Sequence[int], in_channels: int | None,
@@ -279,7 +286,7 @@ def _survey(model: Any, input_size: int | Sequence[int], base: Row, in_channels:
     mixer = token_mixer(graph)
     row = replace(base, input_size=per_axis_text(size), params=graph.params, flops=graph.flops,
                   final_layer=module_of(graph, last.id) or f"{last.op} in '{last.module or '(model)'}'",
-                  final_rf=_axes_text(final.rf), final_stride=_axes_text(final.stride), is_global=final.is_global,
+                  final_rf=_axes_text(final.rf), final_stride=_axes_text(final.stride, "-"), is_global=final.is_global,
                   token_mixer=mixer)
     if cnn_only and mixer:
         return replace(row, status=SKIPPED, reason=f"token mixer: {mixer}")
@@ -358,22 +365,26 @@ class _Table:
                 self.rows.append(Row.from_csv(dict(zip(COLUMNS, values, strict=True))))
             except ValueError as exc:
                 if truncated and i == records[-1][0]:
-                    self._write(self.rows, "w")  # drop the cut row: its model is surveyed again
-                    break
+                    break  # the cut row is dropped: its model is surveyed again
                 raise RflensError(f"{self.path}, line {i}: {exc}") from None
+        if truncated:  # rewritten whole, so that the next row starts on a line of its own
+            self._write(self.rows)
 
     def drop(self, keys: set[tuple[str, str]]) -> None:
         """Rewrite the file without the rows of ``keys``."""
         self.rows = [r for r in self.rows if r.key not in keys]
         if self.path is not None:
-            self._write(self.rows, "w")
+            self._write(self.rows)
 
-    def _write(self, rows: Sequence[Row], mode: str) -> None:
-        with self.path.open(mode, newline="") as f:  # type: ignore[union-attr]
+    def _write(self, rows: Sequence[Row]) -> None:
+        """The whole file, written beside it and moved into place: a crash leaves the old file or the new one."""
+        assert self.path is not None
+        part = self.path.with_name(self.path.name + ".part")
+        with part.open("w", newline="") as f:
             writer = csv.DictWriter(f, COLUMNS)
-            if mode == "w":
-                writer.writeheader()
+            writer.writeheader()
             writer.writerows(r.to_csv() for r in rows)
+        os.replace(part, self.path)
 
     def append(self, row: Row) -> None:
         self.rows.append(row)
@@ -442,8 +453,9 @@ def sweep(specs: Iterable[str], input_size: int | Sequence[int] = 224, *, jobs: 
     """Survey every model of ``specs`` (patterns are expanded by :func:`expand`) at ``input_size``.
 
     Rows go to ``csv_path`` one by one (flushed), in the order the models finish. Models already there at this
-    input size (any status) are not surveyed again, except failed ones with ``retry_failed`` (their rows are
-    removed first). ``jobs`` > 1 runs models in that many worker processes (forkserver, else spawn), each with
+    input size are not surveyed again, except failed ones with ``retry_failed`` and skipped ones when this sweep
+    is not ``cnn_only`` (their rows are removed first); with ``cnn_only``, an earlier row of a model with a token
+    mixer counts as skipped. ``jobs`` > 1 runs models in that many worker processes (forkserver, else spawn), each with
     ``cpu_count // jobs`` torch threads; a worker that dies fails the model it ran (``worker process died``)
     and the pool is made again. ``progress(row, done, total)`` is told about each finished model (``row`` None
     at the start); ``announce(text)`` about what is resumed before the first model starts."""
@@ -456,15 +468,23 @@ def sweep(specs: Iterable[str], input_size: int | Sequence[int] = 224, *, jobs: 
     size = size_text(input_size)
     table = _Table(csv_path)
     wanted = {(m, size) for m in models}
-    retry = {r.key for r in table.rows if r.key in wanted and r.status == FAILED} if retry_failed else set()
+    # run again: failed rows when asked; rows skipped by an earlier --cnn-only when this sweep is not one
+    again = [r for r in table.rows if r.key in wanted and
+             ((retry_failed and r.status == FAILED) or (not cnn_only and r.status == SKIPPED))]
+    retry = {r.key for r in again}
     if retry:
         table.drop(retry)
+    redone = " and ".join(f"{n} {status}" for status in (FAILED, SKIPPED)
+                          if (n := sum(r.status == status for r in again)))
     present = {r.key for r in table.rows}
     earlier = [r for r in table.rows if r.key in wanted]
+    if cnn_only:  # an earlier full sweep's row of a model with a token mixer counts as skipped here
+        earlier = [replace(r, status=SKIPPED, reason=f"token mixer: {r.token_mixer}")
+                   if r.status == OK and r.token_mixer else r for r in earlier]
     todo = [m for m in models if (m, size) not in present]
     if announce is not None and (earlier or retry):
         announce(f"{len(earlier)} of {len(models)} already in {csv_path} at {size}"
-                 + (f"; {len(retry)} failed rows removed to run again" if retry else "")
+                 + (f"; {redone} rows removed to run again" if retry else "")
                  + f"; surveying {len(todo)}")
     families = {m: family_of(m) for m in todo}
     options = {"in_channels": in_channels, "seed": seed, "cnn_only": cnn_only, "timeout": timeout}
@@ -543,11 +563,13 @@ def _in_workers(todo: Sequence[str], jobs: int, input_size: int | Sequence[int],
             for future in done:
                 model, alone = running.pop(future)
                 try:
-                    finished(future.result())
+                    row = future.result()
                 except BrokenProcessPool:
                     lost.append((model, alone))
+                    continue
                 except Exception as exc:  # noqa: BLE001 - e.g. a row that could not be sent back
-                    finished(replace(died(model), reason=reason_of(exc)))
+                    row = replace(died(model), reason=reason_of(exc))
+                finished(row)  # outside the try: a failure to write the row is not the model's
             if not lost:
                 continue
             pool.shutdown(wait=True, cancel_futures=True)  # broken: the other running models are lost too
