@@ -274,7 +274,7 @@ def survey(model: Any, input_size: int | Sequence[int], *, model_name: str | Non
 def _survey(model: Any, input_size: int | Sequence[int], base: Row, in_channels: int | None, seed: int,
             cnn_only: bool) -> Row:
     from rflens.audit import module_of
-    from rflens.border import border_report, per_axis_text
+    from rflens.border import border_report
     from rflens.deadpixel import dead_pixel_test
     from rflens.padding import last_map, padding_report
     from rflens.rf import analyse
@@ -284,7 +284,7 @@ def _survey(model: Any, input_size: int | Sequence[int], base: Row, in_channels:
     last = last_map(graph)
     final = analyse(graph, base.model).nodes[last.id]  # the field of the last map (Audit.final's numbers)
     mixer = token_mixer(graph)
-    row = replace(base, input_size=per_axis_text(size), params=graph.params, flops=graph.flops,
+    row = replace(base, input_size=size_text(size), params=graph.params, flops=graph.flops,
                   final_layer=module_of(graph, last.id) or f"{last.op} in '{last.module or '(model)'}'",
                   final_rf=_axes_text(final.rf), final_stride=_axes_text(final.stride, "-"), is_global=final.is_global,
                   token_mixer=mixer)
@@ -298,7 +298,7 @@ def _survey(model: Any, input_size: int | Sequence[int], base: Row, in_channels:
     nearest = padding.suggested_size()
     return replace(row, status=OK, unproductive_layers=len(border.unproductive),
                    unproductive_flops_share=border.waste.flops_share, uneven_layers=len(padding.uneven),
-                   nearest_even_size="" if nearest is None else per_axis_text(nearest),
+                   nearest_even_size="" if nearest is None else size_text(nearest),
                    culprit_layers=len(dead.culprits), structural_l1=dead.structural.indices.l1)
 
 
