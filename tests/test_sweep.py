@@ -83,6 +83,20 @@ MODELS_SOURCE = textwrap.dedent(
         return DataDependent()
 
 
+    class Stuck(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            sum(range(10**13))  # one C call that no signal interrupts
+            return self.conv(x)
+
+
+    def stuck():
+        return Stuck()
+
+
     def anisotropic():
         # different kernels, strides and paddings per axis, so that a swapped axis shows
         return nn.Sequential(nn.Conv2d(3, 4, (3, 5), stride=(2, 1), padding=(1, 0)), nn.ReLU(),
@@ -284,6 +298,20 @@ def test_two_jobs_give_the_same_rows_and_survive_a_dying_worker(first_run, tmp_p
     assert code == 0 and "surveyed 4 of 4 models" in stdout
     assert rows.pop(f"{models_file}:dies")["reason"] == "worker process died"
     assert rows == without_seconds(read_csv(one_job))
+
+
+def test_a_model_stuck_in_one_call_is_stopped_by_its_watchdog(models_file: Path) -> None:
+    """SIGALRM cannot interrupt a C call: the worker's watchdog ends it (timeout + grace) and the parent records
+    the model as timed out; the model beside it is surveyed again alone."""
+    from rflens.sweep import _in_workers
+
+    rows: list[Row] = []
+    models = [f"{models_file}:stuck", f"{models_file}:factory"]
+    _in_workers(models, 2, 32, dict.fromkeys(models, "bad.py"), {"timeout": 1.0, "cnn_only": False},
+                rows.append, grace=1.0)
+    by_model = {r.model: r for r in rows}
+    assert len(rows) == 2 and by_model[models[0]].reason.startswith("timed out after 1 s (in one uninterruptible")
+    assert by_model[models[0]].seconds >= 1 and "no such network" in by_model[models[1]].reason
 
 
 def test_cnn_only_skips_a_vit_naming_its_token_mixer(tmp_path: Path, capsys) -> None:

@@ -41,6 +41,7 @@ COLUMNS = ("model", "family", "status", "reason", "input_size", "params", "flops
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 DEFAULT_TIMEOUT = 600.0
 WORKER_DIED = "worker process died"
+WATCHDOG_GRACE = 60.0  # seconds past the timeout before a worker stuck in one call is ended
 REASON_LENGTH = 200  # characters of an error's first line kept in the reason column
 
 # aten ops that multiply two operands and sum over a dim: attention's products (sdpa's fused kernels are
@@ -531,22 +532,52 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _task(spec: str, input_size: int | Sequence[int], family: str, options: dict[str, Any]) -> Row:
-    return survey(spec, input_size, model_name=spec, family=family, **options)
+def _task(spec: str, input_size: int | Sequence[int], family: str, options: dict[str, Any], grace: float) -> Row:
+    """One model in a worker. The timer of :func:`survey` interrupts Python code only. A model stuck in one long
+    C call past ``timeout + grace`` ends its worker, which the parent records as timed out: a call that holds
+    the GIL and computes hits the CPU-time limit (the kernel's SIGXCPU, which needs no Python), one that waits
+    with the GIL released meets the watchdog thread."""
+    timeout = options.get("timeout")
+    if not timeout:
+        return survey(spec, input_size, model_name=spec, family=family, **options)
+    import resource
+
+    import torch
+
+    watchdog = threading.Timer(timeout + grace, os._exit, (1,))
+    watchdog.daemon = True
+    limits = resource.getrlimit(resource.RLIMIT_CPU)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime + (timeout + grace) * torch.get_num_threads()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))  # no core file
+    resource.setrlimit(resource.RLIMIT_CPU, (int(cpu) + 1 if limits[1] == resource.RLIM_INFINITY
+                                             else min(int(cpu) + 1, limits[1]), limits[1]))
+    watchdog.start()
+    try:
+        return survey(spec, input_size, model_name=spec, family=family, **options)
+    finally:
+        watchdog.cancel()
+        resource.setrlimit(resource.RLIMIT_CPU, limits)
 
 
 def _in_workers(todo: Sequence[str], jobs: int, input_size: int | Sequence[int], families: dict[str, str],
-                options: dict[str, Any], finished: Callable[[Row], None]) -> None:
+                options: dict[str, Any], finished: Callable[[Row], None], grace: float = WATCHDOG_GRACE) -> None:
     """Run ``todo`` in a pool of ``jobs`` processes. When a worker dies the pool breaks and every model running
-    then is lost: each is run again alone, and a model whose worker dies while it runs alone fails."""
+    then is lost: a model that ran past the timeout failed by it (its watchdog ended the worker); the others
+    are run again alone, and a model whose worker dies while it runs alone fails."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     queue: deque[tuple[str, bool]] = deque((m, False) for m in todo)  # (model, must run alone)
-    running: dict[Future, tuple[str, bool]] = {}
+    running: dict[Future, tuple[str, bool, float]] = {}  # model, alone, when it was submitted
     pool: ProcessPoolExecutor | None = None
     clean = False
+    timeout = options.get("timeout")
 
-    def died(model: str) -> Row:
-        return Row(model, families[model], FAILED, WORKER_DIED, size_text(input_size))
+    def died(model: str, since: float) -> Row:
+        seconds = round(time.perf_counter() - since, 2)
+        if timeout and seconds >= timeout:
+            return Row(model, families[model], FAILED, f"timed out after {timeout:g} s (in one uninterruptible "
+                       "call: its worker was stopped)", size_text(input_size), seconds=seconds)
+        return Row(model, families[model], FAILED, WORKER_DIED, size_text(input_size), seconds=seconds)
 
     try:
         while queue or running:
@@ -555,35 +586,42 @@ def _in_workers(todo: Sequence[str], jobs: int, input_size: int | Sequence[int],
                                            initargs=(threads,))
             while queue and len(running) < jobs and not (queue[0][1] and running):
                 model, alone = queue.popleft()
-                running[pool.submit(_task, model, input_size, families[model], options)] = (model, alone)
+                future = pool.submit(_task, model, input_size, families[model], options, grace)
+                running[future] = (model, alone, time.perf_counter())
                 if alone:
                     break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
-            lost: list[tuple[str, bool]] = []
+            lost: list[tuple[str, bool, float]] = []
             for future in done:
-                model, alone = running.pop(future)
+                model, alone, since = running.pop(future)
                 try:
                     row = future.result()
                 except BrokenProcessPool:
-                    lost.append((model, alone))
+                    lost.append((model, alone, since))
                     continue
                 except Exception as exc:  # noqa: BLE001 - e.g. a row that could not be sent back
-                    row = replace(died(model), reason=reason_of(exc))
+                    row = replace(died(model, since), reason=reason_of(exc))
                 finished(row)  # outside the try: a failure to write the row is not the model's
             if not lost:
                 continue
             pool.shutdown(wait=True, cancel_futures=True)  # broken: the other running models are lost too
             pool = None
-            for future, (model, alone) in list(running.items()):
+            for future, (model, alone, since) in list(running.items()):
                 if future.done() and not future.cancelled() and future.exception() is None:
                     finished(future.result())
                 else:
-                    lost.append((model, alone))
+                    lost.append((model, alone, since))
             running.clear()
-            if len(lost) == 1:
-                finished(died(lost[0][0]))
-            else:
-                queue.extendleft(reversed([(model, True) for model, _ in lost]))
+            overdue = [x for x in lost if timeout and time.perf_counter() - x[2] >= timeout]
+            if overdue:  # its watchdog ended the worker: the others were innocent
+                blamed, again = overdue, [x for x in lost if x not in overdue]
+            elif len(lost) == 1:
+                blamed, again = lost, []
+            else:  # which one ended the worker is not known: each runs again alone
+                blamed, again = [], lost
+            for model, _, since in blamed:
+                finished(died(model, since))
+            queue.extendleft(reversed([(model, True) for model, _, _ in again]))
         clean = True
     finally:
         if pool is not None:  # interrupted: do not wait for the models still running
