@@ -147,8 +147,11 @@ def token_mixer(graph: Graph) -> str:
     """``"op in 'module'"`` of the first op that mixes positions with a product of maps or a dense layer across
     positions, or ``""`` when the model is convolutional by rflens's definition.
 
-    Only ops that feed the last spatial map (:func:`rflens.padding.last_map`) count: a readout after it (a
-    classifier on a flattened map, as in VGG) is not a token mixer. Among those, a token mixer is
+    A matrix product of two image-dependent operands (attention's ``q @ k^T``, ``attn @ v``) is a token mixer
+    wherever it runs, also where the graph no longer follows positions (a token sequence after a concat it
+    reads as global). Otherwise only ops that feed the last spatial map (:func:`rflens.padding.last_map`)
+    count: a readout after it (a classifier on a flattened map, as in VGG) is not a token mixer. Among those, a
+    token mixer is
 
     - a matrix product (``mm``, ``addmm``, ``bmm``, ``matmul``, ``einsum``, scaled dot-product attention...) that
       reads some input across positions: a whole axis (ViT's ``q @ k^T`` and ``attn @ v``, MLP-Mixer's and
@@ -166,10 +169,10 @@ def token_mixer(graph: Graph) -> str:
 
     feeding = ancestors(graph, last_map(graph).id)
     for node in graph.nodes[1:]:
-        if node.id not in feeding:
-            continue
         product = node.op in PRODUCT_OPS or "scaled_dot_product" in node.op
-        if not product and node.op not in SOFTMAX_OPS:
+        if product and len(node.inputs) > 1:  # two image-dependent operands: attention, wherever it runs
+            return f"{node.op} in '{node.module or '(model)'}'"
+        if node.id not in feeding or (not product and node.op not in SOFTMAX_OPS):
             continue
         for k, src in enumerate(node.inputs):
             sizes = graph.nodes[src].sizes
