@@ -174,9 +174,14 @@ def parameter_fingerprint(model: torch.nn.Module) -> tuple[float, float]:
     """The float64 sum and sum of squares over the model's parameters and buffers: ranks that built or loaded
     different weights would average different networks. Compared with a relative tolerance
     (:func:`same_weights`): the rounding of a sum depends on the thread count and the device."""
+    total = squares = 0.0
     with torch.no_grad():
-        tensors = [t.detach().double() for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()]
-        return (float(sum(t.sum().item() for t in tensors)), float(sum(t.square().sum().item() for t in tensors)))
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.is_floating_point():  # one float64 copy at a time: a large model's copy would not fit beside it
+                wide = t.detach().double()
+                total += wide.sum().item()
+                squares += wide.square().sum().item()
+    return total, squares
 
 
 def same_weights(a: Sequence[float], b: Sequence[float], rel: float = 1e-9) -> bool:
