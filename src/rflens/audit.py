@@ -147,7 +147,7 @@ that build it: ``--model-arg``, ``--weights``...; default: ``model_name``); ``to
     rf = analyse(graph, name)
     last = last_map(graph)
     last_module = module_of(graph, last.id)
-    last_layer = last_module or f"{last.op} in '{last.module or '(model)'}'"
+    last_layer = last_module or last.label
     stage("unproductive layers")
     border = border_report(model, size, in_channels=channels, device=trace_on, model_name=name, top=top)
     stage("padding")

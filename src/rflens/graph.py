@@ -32,6 +32,11 @@ class Node:
     sizes: tuple[int, ...]  # output size per axis (1 along an axis the op reduced away)
     shape: tuple[int, ...]  # output tensor shape
 
+    @property
+    def label(self) -> str:
+        """The op and the module that ran it, for reports: ``convolution in 'layer1.0.conv1'``."""
+        return f"{self.op} in '{self.module or '(model)'}'"
+
 
 @dataclass(frozen=True)
 class Work:

@@ -171,13 +171,13 @@ def token_mixer(graph: Graph) -> str:
     for node in graph.nodes[1:]:
         product = node.op in PRODUCT_OPS or "scaled_dot_product" in node.op
         if product and len(node.inputs) > 1:  # two image-dependent operands: attention, wherever it runs
-            return f"{node.op} in '{node.module or '(model)'}'"
+            return node.label
         if node.id not in feeding or (not product and node.op not in SOFTMAX_OPS):
             continue
         for k, src in enumerate(node.inputs):
             sizes = graph.nodes[src].sizes
             if any(_spans_positions(read, sizes[a]) for a, read in enumerate(node.reads[k])):
-                return f"{node.op} in '{node.module or '(model)'}'"
+                return node.label
     return ""
 
 
@@ -289,7 +289,7 @@ def _survey(model: Any, input_size: int | Sequence[int], base: Row, in_channels:
     final = analyse(graph, base.model).nodes[last.id]  # the field of the last map (Audit.final's numbers)
     mixer = token_mixer(graph)
     row = replace(base, input_size=size_text(size), params=graph.params, flops=graph.flops,
-                  final_layer=module_of(graph, last.id) or f"{last.op} in '{last.module or '(model)'}'",
+                  final_layer=module_of(graph, last.id) or last.label,
                   final_rf=_axes_text(final.rf), final_stride=_axes_text(final.stride, "-"), is_global=final.is_global,
                   token_mixer=mixer)
     if cnn_only and mixer:
